@@ -1,0 +1,1 @@
+"""Measurements over per-sample records: correctness with intervals, likelihood, diversity, reports."""

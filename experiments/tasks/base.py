@@ -1,0 +1,59 @@
+"""What every task provides: problems, a prompt, answer extraction and one grader.
+
+The grader is the single definition of "correct": evaluation records it and the GRPO
+reward calls the very same `grade`, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+
+class Task:
+    """A benchmark: `load` problems, build a `prompt`, `extract_answer`, `grade` a completion."""
+
+    name: str = ""
+    splits: tuple[str, ...] = ("test",)  # tasks with a training split list "train" too
+
+    def load(self, limit: int | None = None, seed: int = 0, split: str = "test") -> list[dict]:
+        """Problems as dicts with at least `id` and `answer` (the gold answer)."""
+        raise NotImplementedError
+
+    def prompt_text(self, problem: dict) -> str:
+        """The instruction for one problem, before any chat template."""
+        raise NotImplementedError
+
+    def prompt(self, problem: dict, tokenizer=None, chat: bool = False) -> str:
+        """The text fed to the model; chat=True wraps it in the tokenizer's chat template."""
+        text = self.prompt_text(problem)
+        return apply_chat(tokenizer, text) if chat else text
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer a completion commits to (None when it gives none)."""
+        raise NotImplementedError
+
+    def grade(self, problem: dict, completion: str) -> float:
+        """A score in [0, 1]; 1.0 means correct."""
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            from ..errors import UsageError
+
+            raise UsageError(f"task '{self.name}' has no split '{split}': it has {', '.join(self.splits)}")
+
+
+def apply_chat(tokenizer, text: str) -> str:
+    """`text` as one user turn of the tokenizer's chat template, ready for the reply."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        from ..errors import UsageError
+
+        raise UsageError("chat prompts need a tokenizer with a chat template; this model has none")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def take(problems: list[dict], limit: int | None) -> list[dict]:
+    if limit is not None and limit < 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"limit must be >= 1 or None, got {limit}")
+    return problems if limit is None else problems[:limit]

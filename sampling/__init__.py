@@ -1,0 +1,12 @@
+"""The base model as a distribution: loading, plain / low-temperature sampling, power-MH.
+
+Nothing here parses command lines or reads files other than model checkpoints;
+`experiments/` wires these functions to tasks and run directories.
+"""
+
+from .draw import derive_seed
+from .generate import SampleResult, sample
+from .models import ModelLoadError, context_length, eos_token_ids, load_model
+
+__all__ = ["SampleResult", "sample", "load_model", "ModelLoadError", "eos_token_ids", "context_length",
+           "derive_seed"]

@@ -1,0 +1,80 @@
+"""One decoding step: raw logits -> proposal log-probs -> a token per row, one RNG stream per row.
+
+Every sampler in this package (plain, low-temperature, power-MH proposals) draws its
+tokens here, so they share one definition of temperature / top-k / top-p and of the
+log-probabilities they report:
+
+- `log_q`: log-prob of the drawn token under the processed distribution actually sampled
+  from (temperature, then top-k, then top-p);
+- `log_p`: log-prob of the same token under the base model at temperature 1, from the
+  *same* logits (no second forward pass).
+
+Rows draw from their own `torch.Generator`, seeded from (seed, problem, sample index),
+so a row's tokens do not depend on which other rows share its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings, stable across runs and machines."""
+    digest = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    # Generators live on the CPU: one uniform per row per step is cheap to draw there
+    # and the stream is then the same on CPU and GPU machines.
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
+def validate_processing(temperature: float, top_k: int | None, top_p: float | None, name: str = "temperature"):
+    if not temperature > 0:
+        raise ValueError(f"{name} must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None (off), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None (off), got {top_p}")
+
+
+def proposal_logprobs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    """(B, V) raw logits -> (B, V) log-probs of the processed distribution (-inf where cut)."""
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass;
+        # the top token is always kept.
+        drop_sorted = (cumulative - sorted_scores.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def draw_from_logprobs(log_q: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Inverse-CDF draw of one token per row of (B, V) log-probs, row b using generators[b]."""
+    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    cdf = log_q.double().exp().cumsum(-1)  # float64: V ~ 1e5 terms, keep the CDF exact enough
+    uniforms = uniforms.to(cdf.device) * cdf[:, -1]  # scale by the total so rounding cannot overshoot
+    tokens = torch.searchsorted(cdf, uniforms[:, None], right=True).squeeze(-1)
+    return tokens.clamp_(max=log_q.shape[-1] - 1)
+
+
+def draw_tokens(logits: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None):
+    """Draw one token per row; return (tokens (B,), log_q (B,), log_p (B,))."""
+    log_q_all = proposal_logprobs(logits, temperature, top_k, top_p)
+    tokens = draw_from_logprobs(log_q_all, generators)
+    log_q = log_q_all.gather(-1, tokens[:, None]).squeeze(-1)
+    log_p = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, log_q, log_p
