@@ -18,6 +18,8 @@ from transformers import HfArgumentParser
 # command -> (module, one-line description)
 COMMANDS = {
     "sample": ("experiments.sample", "sample a model on a task and write graded per-sample records"),
+    "analyze": ("experiments.analyze", "metrics, plots, report.md and wandb from a run directory's records"),
+    "grpo": ("experiments.grpo", "GRPO-train a model on a task's train split with TRL (or record an RL checkpoint)"),
 }
 
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"sharpen {command}: error: {err}\n")
         return 2
+    except SystemExit as exit_:  # argparse: --help (0) or a bad flag (2, message already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""`sharpen sample` end to end on a tiny checkpoint: records, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.records import RecordWriter, read_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args) -> int:
+    return main(["sample", *map(str, args)])
+
+
+def base_args(checkpoint, out, *extra):
+    return ["--model", checkpoint, "--task", "basic_arithmetic", "--output-dir", out, "--max-new-tokens", 8, *extra]
+
+
+def test_sample_writes_graded_records_and_resumes(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 3, "--num-samples", 2)) == 0
+    records = read_records(out / "samples" / "base.jsonl")
+    assert len(records) == 6
+    for r in records:
+        assert set(r) >= {"method", "problem_id", "sample_idx", "seed", "prompt", "completion", "completion_ids",
+                          "finish_reason", "extracted_answer", "correct", "score", "num_tokens", "base_logprob_sum",
+                          "cost"}
+        assert r["num_tokens"] == len(r["completion_ids"]) == len(r["token_logprobs"]) <= 8
+        assert r["cost"]["sampled_tokens"] == r["num_tokens"]
+    assert "accuracy" in capsys.readouterr().out
+    config = json.loads((out / "samples" / "base.config.json").read_text())
+    assert config["config"]["model"] == str(tiny_checkpoint)
+
+    # Asking for more samples extends the run; nothing is written twice, old lines are kept.
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 4, "--num-samples", 3)) == 0
+    again = read_records(out / "samples" / "base.jsonl")
+    assert len(again) == 12 and again[:6] == records
+    assert len({(r["problem_id"], r["sample_idx"]) for r in again}) == 12
+    seeds = {r["seed"] for r in again}
+    assert len(seeds) == 12  # one seed per (problem, sample)
+
+    # Same config, different output: low_temp records go to their own file.
+    assert run_cli(*base_args(tiny_checkpoint, out, "--method", "low_temp", "--num-problems", 2)) == 0
+    assert {r["temperature"] for r in read_records(out / "samples" / "low_temp.jsonl")} == {0.25}
+
+
+def test_records_do_not_depend_on_batch_size(tiny_checkpoint, tmp_path):
+    for batch in (1, 5):
+        assert run_cli(*base_args(tiny_checkpoint, tmp_path / f"b{batch}", "--num-problems", 3, "--num-samples", 2,
+                                  "--batch-size", batch)) == 0
+    a, b = (read_records(tmp_path / f"b{n}" / "samples" / "base.jsonl") for n in (1, 5))
+    key = lambda r: (r["problem_id"], r["sample_idx"])  # noqa: E731
+    assert [r["completion_ids"] for r in sorted(a, key=key)] == [r["completion_ids"] for r in sorted(b, key=key)]
+
+
+def test_a_different_config_is_refused(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1)) == 0
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1, "--seed", 5)) == 2
+    assert "other settings (seed)" in capsys.readouterr().err
+    assert len(read_records(out / "samples" / "base.jsonl")) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "{tmp}/missing"], "does not exist"),
+    (["--task", "nope"], "unknown task"),
+    (["--method", "nope"], "invalid choice"),
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--method", "low_temp", "--temperature", "0"], "--temperature must be > 0"),
+    (["--method", "low_temp", "--temperature", "-1"], "--temperature must be > 0"),
+    (["--alpha", "0"], "--alpha must be > 0"),
+    (["--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["--task", "humaneval"], "prompts must be shorter than the context"),
+    (["--task", "math500", "--task-args", "data_path={tmp}/missing.json"], "does not exist"),
+    (["--task-args", "novalue"], "KEY=VALUE"),
+    (["--split", "validation"], "no split 'validation'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, capsys, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    defaults = {"--model": str(tiny_checkpoint), "--task": "basic_arithmetic"}
+    for flag in list(defaults):
+        if flag in args:
+            defaults.pop(flag)
+    argv = [x for kv in defaults.items() for x in kv] + args + ["--output-dir", str(tmp_path / "out")]
+    assert main(["sample", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "samples").exists() or not any((tmp_path / "out" / "samples").iterdir())
+
+
+def test_torn_last_line_is_cut_on_resume(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RecordWriter(path) as w:
+        w.write({"problem_id": "a", "sample_idx": 0})
+    with open(path, "a") as f:
+        f.write('{"problem_id": "a", "sample_id')  # a write killed half-way
+    writer = RecordWriter(path)
+    assert writer.done == {("a", 0)}
+    writer.write({"problem_id": "a", "sample_idx": 1})
+    writer.close()
+    assert [r["sample_idx"] for r in read_records(path)] == [0, 1]
+
+
+def test_killed_run_resumes_with_every_record_once(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    records = out / "samples" / "base.jsonl"
+    cmd = [sys.executable, "-m", "experiments.cli", "sample", *map(str, base_args(
+        tiny_checkpoint, out, "--num-problems", 40, "--num-samples", 4, "--batch-size", 2, "--max-new-tokens", 40))]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not records.exists() or len(records.read_text().splitlines()) < 10):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(read_records(records))
+    assert 10 <= partial < 160, "the run should have been killed mid-way"
+    assert subprocess.run(cmd, cwd=REPO, env=env, capture_output=True).returncode == 0
+    final = read_records(records)
+    keys = [(r["problem_id"], r["sample_idx"]) for r in final]
+    assert len(keys) == len(set(keys)) == 160
