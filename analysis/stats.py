@@ -1,13 +1,19 @@
-"""Accuracy with a 95% interval from per-problem scores.
+"""Correctness statistics over problems: accuracy and pass@k with intervals, majority vote, paired tests.
 
     mean, low, high = accuracy_interval([[1, 0, 1], [0, 0, 0]])   # samples per problem
+    curve = pass_at_k_curve(n=[4, 4], c=[1, 0], ks=[1, 2, 4])     # value/low/high per k
+    comparison = paired_comparison(rates_a, rates_b, binary=False)
 
-Samples of one problem are not independent, so with several samples per problem the
-interval is a percentile bootstrap over problems; with one sample per problem it is
-the Wilson score interval, which stays sensible at 0% and 100%.
+Problems are the unit of resampling everywhere: samples of one problem are not
+independent, so every interval is a percentile bootstrap over problems (with one
+sample per problem the accuracy interval is the Wilson score interval instead, which
+stays sensible at 0% and 100%). pass@k uses the unbiased estimator of Chen et al.
+(2021), 1 - C(n-c, k) / C(n, k), computed as a running product so it never overflows.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 from scipy import stats
@@ -27,3 +33,138 @@ def accuracy_interval(scores_per_problem: list[list[float]], confidence: float =
     means = rates[rng.integers(0, rates.size, size=(n_resamples, rates.size))].mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return mean, float(low), float(high)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (k <= n).
+
+    >>> pass_at_k(4, 1, 2)   # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    0.5
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i): a product of terms in (0, 1], no overflow.
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k_matrix(n: list[int], c: list[int], ks: list[int]) -> np.ndarray:
+    """(P, K) per-problem pass@k for each k in `ks` (every k must be <= every n)."""
+    out = np.empty((len(n), len(ks)))
+    for p, (n_p, c_p) in enumerate(zip(n, c)):
+        if not 0 <= c_p <= n_p:
+            raise ValueError(f"problem {p}: {c_p} correct out of {n_p} samples")
+        # ratio_k = C(n-c, k) / C(n, k) = prod_{j<k} (n-c-j) / (n-j); it reaches 0 once j >= n-c.
+        j = np.arange(n_p)
+        ratio = np.cumprod(np.clip(n_p - c_p - j, 0, None) / (n_p - j))
+        for col, k in enumerate(ks):
+            if not 1 <= k <= n_p:
+                raise ValueError(f"pass@{k} needs at least {k} samples per problem; problem {p} has {n_p}")
+            out[p, col] = 1.0 - ratio[k - 1]
+    return out
+
+
+def bootstrap_means(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """(R, ...) means of `values` (P, ...) over problems resampled with replacement."""
+    values = np.asarray(values, dtype=float)
+    size = values.shape[0]
+    rng = np.random.default_rng(seed)
+    # A resample is a count per problem: (R, P) @ (P, K) gives every column's mean at once.
+    counts = rng.multinomial(size, np.full(size, 1.0 / size), size=n_resamples)
+    return (counts @ values.reshape(size, -1) / size).reshape((n_resamples,) + values.shape[1:])
+
+
+def mean_interval(values, confidence: float = 0.95, n_resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of per-problem values with a percentile bootstrap over problems."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = bootstrap_means(values, n_resamples, seed)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(values.mean()), float(low), float(high)
+
+
+def pass_at_k_curve(n: list[int], c: list[int], ks: list[int], confidence: float = 0.95,
+                    n_resamples: int = 2000, seed: int = 0) -> dict:
+    """pass@k (mean over problems) with bootstrap intervals: {"k", "value", "low", "high"} lists.
+
+    The k = 1 entry is exactly `accuracy_interval` of the same problems, so tables agree.
+    """
+    matrix = pass_at_k_matrix(n, c, ks)
+    means = bootstrap_means(matrix, n_resamples, seed)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+    curve = {"k": list(ks), "value": matrix.mean(axis=0).tolist(), "low": low.tolist(), "high": high.tolist()}
+    if 1 in ks:
+        i = ks.index(1)
+        scores = [[1.0] * c_p + [0.0] * (n_p - c_p) for n_p, c_p in zip(n, c)]
+        curve["value"][i], curve["low"][i], curve["high"][i] = accuracy_interval(
+            scores, confidence, n_resamples, seed)
+    return curve
+
+
+def majority_vote_score(answers: list, correct: list[float]) -> float | None:
+    """Expected correctness of the most common answer (ties split evenly); None if no sample answered.
+
+    The verdict of an answer is the mean correctness of the samples that gave it.
+
+    >>> majority_vote_score(["4", "4", "5", None], [1, 1, 0, 0])
+    1.0
+    >>> majority_vote_score(["4", "5"], [1, 0])   # a tie: half the time the vote picks "4"
+    0.5
+    """
+    groups: dict[str, list[float]] = {}
+    for answer, ok in zip(answers, correct):
+        if answer is not None and str(answer).strip():
+            groups.setdefault(str(answer).strip(), []).append(float(ok))
+    if not groups:
+        return None
+    counts = Counter({a: len(v) for a, v in groups.items()})
+    top = max(counts.values())
+    winners = [a for a, count in counts.items() if count == top]
+    return float(np.mean([np.mean(groups[a]) for a in winners]))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over all the pairs compared)."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def paired_comparison(rates_a, rates_b, *, binary: bool, any_a=None, any_b=None, confidence: float = 0.95,
+                      n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Compare two methods on the same problems (row i of each is the same problem).
+
+    rates_*: per-problem pass rates; binary=True means one 0/1 sample per problem, tested
+    with the exact McNemar test (a binomial test on the discordant problems), otherwise
+    the Wilcoxon signed-rank test on the rate differences. any_*: per-problem "some
+    sample is correct" flags (default rates > 0). The difference is b - a.
+    """
+    a, b = np.asarray(rates_a, dtype=float), np.asarray(rates_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired comparison needs two equal-length non-empty rate lists, got {a.shape} and {b.shape}")
+    d = b - a
+    means = bootstrap_means(d, n_resamples, seed)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    any_a = np.asarray(a > 0 if any_a is None else any_a, dtype=bool)
+    any_b = np.asarray(b > 0 if any_b is None else any_b, dtype=bool)
+    out = {"problems": int(a.size), "diff": float(d.mean()), "low": float(low), "high": float(high),
+           "a_better": int((d < 0).sum()), "b_better": int((d > 0).sum()), "ties": int((d == 0).sum()),
+           "only_a_solves": int((any_a & ~any_b).sum()), "only_b_solves": int((any_b & ~any_a).sum())}
+    if binary:
+        only_a, only_b = out["a_better"], out["b_better"]
+        p = stats.binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        out.update(test="mcnemar_exact", statistic=float(only_b), p_value=float(p))
+    elif not np.any(d != 0):
+        out.update(test="wilcoxon", statistic=0.0, p_value=1.0)  # no problem differs: nothing to test
+    else:
+        result = stats.wilcoxon(d, zero_method="wilcox")
+        out.update(test="wilcoxon", statistic=float(result.statistic), p_value=float(result.pvalue))
+    return out

@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": ("experiments.sample", "sample a model on a task and write graded per-sample records"),
     "analyze": ("experiments.analyze", "metrics, plots, report.md and wandb from a run directory's records"),
     "grpo": ("experiments.grpo", "GRPO-train a model on a task's train split with TRL (or record an RL checkpoint)"),
+    "testbed": ("experiments.testbed.cli", "build (or reuse) the synthetic testbed model and print its calibration"),
 }
 
 

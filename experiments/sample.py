@@ -3,6 +3,9 @@
     sharpen sample --model smollm2-135m --task basic_arithmetic --method low_temp --chat \\
         --num-problems 24 --num-samples 4 --max-new-tokens 160 --output-dir runs/demo
 
+    sharpen sample --model smollm2-135m --task basic_arithmetic --method power_mh --chat \\
+        --alpha 4 --block-size 32 --mcmc-steps 10 --max-new-tokens 160 --output-dir runs/demo
+
 writes runs/demo/samples/<method>.jsonl (one line per completion, flushed as each
 finishes) and runs/demo/samples/<method>.config.json (the resolved config). Running the
 same command again resumes: finished (problem, sample) pairs are skipped, none is
@@ -22,13 +25,14 @@ from typing import Literal
 
 import yaml
 
-from sampling import SampleResult, derive_seed, load_model, sample
+from sampling import PowerSamplingConfig, SampleResult, derive_seed, load_model, power_sample, sample
 
 from .errors import UsageError
 from .records import RecordWriter, read_records
 from .tasks import get_task
 
-METHODS = ("base", "low_temp")
+METHODS = ("base", "low_temp", "power_mh")
+POWER_FIELDS = ("block_size", "mcmc_steps", "proposal_temperature", "stop_on_eos")  # power_mh only
 
 
 @dataclass
@@ -38,13 +42,21 @@ class SampleRunConfig:
     model: str = field(metadata={"help": "Checkpoint directory, Hugging Face id, or built-in name (smollm2-135m)."})
     task: str = field(metadata={"help": "Task name: humaneval, math500, basic_arithmetic, reasoning_gym, ..."})
     output_dir: str = field(metadata={"help": "Run directory; records go to OUTPUT_DIR/samples/<method>.jsonl."})
-    method: Literal["base", "low_temp"] = field(
-        default="base", metadata={"help": "base: temperature 1; low_temp: token-level temperature 1/alpha."})
+    method: Literal["base", "low_temp", "power_mh"] = field(
+        default="base", metadata={"help": "base: temperature 1; low_temp: token-level temperature 1/alpha; "
+                                          "power_mh: Metropolis-Hastings chains targeting p(x)^alpha."})
     task_args: list[str] = field(
         default_factory=list, metadata={"help": "Task options as KEY=VALUE, e.g. data_path=MATH500.json."})
     temperature: float | None = field(
         default=None, metadata={"help": "Sampling temperature (default: 1 for base, 1/alpha for low_temp)."})
     alpha: float = field(default=4.0, metadata={"help": "Power of the target p^alpha; low_temp uses 1/alpha."})
+    block_size: int = field(default=192, metadata={"help": "power_mh: tokens added per block before its MH steps."})
+    mcmc_steps: int = field(default=10, metadata={"help": "power_mh: MH steps per block."})
+    proposal_temperature: float | None = field(
+        default=None, metadata={"help": "power_mh: temperature of the proposal (default 1/alpha)."})
+    stop_on_eos: bool = field(
+        default=True, metadata={"help": "power_mh: stop a chain after a block that ended in EOS (the paper); "
+                                        "false targets p^alpha exactly."})
     top_k: int | None = field(default=None, metadata={"help": "Keep only the k most likely tokens (default: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1] (default: off)."})
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (default: all)."})
@@ -73,13 +85,30 @@ class SampleRunConfig:
             raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.method == "power_mh":
+            if self.temperature is not None:
+                raise UsageError("method power_mh samples proposals at --proposal-temperature (default 1/alpha), "
+                                 "not --temperature")
+            try:
+                self.power_config()
+            except ValueError as err:
+                name, _, rest = str(err).partition(" ")
+                raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
         self.task_options()  # fail early on a malformed KEY=VALUE
 
     @property
     def sampling_temperature(self) -> float:
+        if self.method == "power_mh":
+            return self.proposal_temperature if self.proposal_temperature is not None else 1.0 / self.alpha
         if self.temperature is not None:
             return self.temperature
         return 1.0 / self.alpha if self.method == "low_temp" else 1.0
+
+    def power_config(self) -> PowerSamplingConfig:
+        return PowerSamplingConfig(alpha=self.alpha, block_size=self.block_size, mcmc_steps=self.mcmc_steps,
+                                   max_new_tokens=self.max_new_tokens, proposal_temperature=self.proposal_temperature,
+                                   top_k=self.top_k, top_p=self.top_p, stop_on_eos=self.stop_on_eos,
+                                   batch_size=self.batch_size)
 
     def task_options(self) -> dict:
         options = {}
@@ -96,6 +125,11 @@ class SampleRunConfig:
         for name in ("output_dir", "num_problems", "num_samples", "batch_size"):
             keep.pop(name)
         keep["temperature"] = self.sampling_temperature
+        for name in POWER_FIELDS:
+            if self.method != "power_mh":
+                keep.pop(name)
+        if self.method == "power_mh":
+            keep["proposal_temperature"] = self.sampling_temperature
         return keep
 
 
@@ -181,25 +215,41 @@ def _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_
 
     bar = tqdm(total=len(todo), desc=f"{config.method}", unit="sample", disable=not progress, file=sys.stderr)
     tokens_done, correct_done, started = 0, 0, time.time()
-    for start in range(0, len(todo), config.batch_size):
-        chunk = todo[start:start + config.batch_size]
+    proposals_done = accepted_done = finished = 0  # own count: a disabled tqdm does not count
+    power = config.method == "power_mh"
+    # power_sample refills its batch as chains finish, so it takes every pair in one call.
+    chunk_size = max(len(todo), 1) if power else config.batch_size
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start:start + chunk_size]
         seeds = [derive_seed(config.seed, str(problems[i]["id"]), s) for i, s in chunk]
         chunk_started = time.time()
 
         def on_result(row: int, result: SampleResult):
-            nonlocal tokens_done, correct_done
+            nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished
             i, s = chunk[row]
-            wall = (time.time() - chunk_started) / len(chunk)
+            finished += 1
+            # Wall time per completion: the chunk's share (power_mh: the run's so far).
+            wall = (time.time() - chunk_started) / (finished if power else len(chunk))
             record = make_record(config, task, tokenizer, problems[i], s, seeds[row], prompts[i], result, wall)
             writer.write(record)
-            tokens_done += record["num_tokens"]
+            tokens_done += result.stats.get("sampled_tokens", record["num_tokens"])
             correct_done += record["correct"]
             bar.update(1)
-            bar.set_postfix(acc=f"{correct_done / bar.n:.2f}", tok_s=f"{tokens_done / (time.time() - started):.0f}")
+            postfix = {"acc": f"{correct_done / finished:.2f}"}
+            if power:
+                proposals_done += result.stats["proposals"]
+                accepted_done += result.stats["accepted"]
+                postfix["mh_accept"] = f"{accepted_done / max(proposals_done, 1):.2f}"
+            postfix["tok_s"] = f"{tokens_done / (time.time() - started):.0f}"
+            bar.set_postfix(postfix)
 
-        sample(model, [prompt_ids[i] for i, _ in chunk], temperature=config.sampling_temperature,
-               max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
-               seeds=seeds, batch_size=config.batch_size, on_result=on_result)
+        if power:
+            power_sample(model, [prompt_ids[i] for i, _ in chunk], config.power_config(), seeds=seeds,
+                         on_result=on_result)
+        else:
+            sample(model, [prompt_ids[i] for i, _ in chunk], temperature=config.sampling_temperature,
+                   max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
+                   seeds=seeds, batch_size=config.batch_size, on_result=on_result)
     bar.close()
 
 

@@ -7,6 +7,7 @@ Nothing here parses command lines or reads files other than model checkpoints;
 from .draw import derive_seed
 from .generate import SampleResult, sample
 from .models import ModelLoadError, context_length, eos_token_ids, load_model
+from .power import PowerSamplingConfig, power_sample
 
 __all__ = ["SampleResult", "sample", "load_model", "ModelLoadError", "eos_token_ids", "context_length",
-           "derive_seed"]
+           "derive_seed", "PowerSamplingConfig", "power_sample"]

@@ -70,3 +70,15 @@ def tiny_checkpoint(tmp_path):
     tiny_llama().save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def testbed_dir():
+    """The default testbed checkpoint (seed 0): built once per machine (about a minute), then cached.
+
+    It lives in the sharpen cache ($SHARPEN_CACHE, default ~/.cache/sharpen); concurrent test
+    sessions wait for one build instead of training twice. Load it with sampling.load_model(str(path)).
+    """
+    from experiments.testbed import build_testbed
+
+    return build_testbed(progress=False)

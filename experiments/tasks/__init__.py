@@ -4,6 +4,7 @@
     math500            MATH500 (local file or the Hub), math-verify
     basic_arithmetic   reasoning-gym basic_arithmetic, 2 one-digit terms, + and -
     reasoning_gym      any reasoning-gym family: get_task("reasoning_gym", dataset="chain_sum")
+    testbed            the synthetic testbed (`sharpen testbed`): get_task("testbed", kind="trap")
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from .base import Task
 from .humaneval import HumanEval
 from .math500 import Math500
 from .reasoning_gym_tasks import ReasoningGym, basic_arithmetic
+from .testbed import Testbed
 
 TASKS = {
     "humaneval": HumanEval,
     "math500": Math500,
     "basic_arithmetic": basic_arithmetic,
     "reasoning_gym": ReasoningGym,
+    "testbed": Testbed,
 }
 
 

@@ -1,0 +1,174 @@
+"""The report's figures as PNG files (matplotlib, Agg backend: no display needed).
+
+    paths = make_plots(run, metrics, "runs/demo/plots")   # {"pass_at_k": Path(...), ...}
+
+pass_at_k.png             pass@k against k, one line and interval band per method
+accuracy_vs_compute.png   pass@k against forward tokens spent per problem on k samples
+base_logprob_mean.png     histogram of per-token base log-likelihood, per method
+base_confidence.png       histogram of confidence (negative entropy) under the base model
+base_self_certainty.png   histogram of self-certainty under the base model
+diversity.png             distinct-n, self-BLEU, distinct answers, embedding distance per method
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only; never open a window or need a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .runs import METHOD_ORDER, Run  # noqa: E402
+
+HISTOGRAMS = {
+    "logprob_mean": ("base_logprob_mean", "log-likelihood per token under the base model (nats)"),
+    "confidence": ("base_confidence", "confidence: mean over tokens of sum_v p log p (higher = surer)"),
+    "self_certainty": ("base_self_certainty", "self-certainty: mean over tokens of KL(U || p) (higher = surer)"),
+}
+
+
+def method_colors(names) -> dict[str, str]:
+    """One fixed colour per method: the four known methods always get the same ones."""
+    palette = plt.get_cmap("tab10").colors
+    extra = [n for n in names if n not in METHOD_ORDER]
+    return {n: matplotlib.colors.to_hex(palette[(METHOD_ORDER.index(n) if n in METHOD_ORDER
+                                                 else len(METHOD_ORDER) + extra.index(n)) % 10]) for n in names}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pass_at_k(metrics: dict, path: Path) -> Path:
+    methods = metrics["methods"]
+    colors = method_colors(methods)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    largest = 1
+    for name, m in methods.items():
+        curve = m["pass_at_k"]
+        largest = max(largest, max(curve["k"]))
+        ax.plot(curve["k"], curve["value"], marker="o", ms=3, color=colors[name], label=f"{name} (n={max(curve['k'])})")
+        ax.fill_between(curve["k"], curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
+    if largest >= 4:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 1 2 4, not 2^0
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(-0.02, 1.02)
+    conf = int(round(100 * metrics["settings"]["confidence"]))
+    ax.set_title(f"pass@k with {conf}% bootstrap intervals over problems", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
+    """pass@k against k x (forward tokens per sample): the compute of drawing k samples."""
+    methods = metrics["methods"]
+    colors = method_colors(methods)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    unit = "forward tokens"
+    for name, m in methods.items():
+        cost = m["cost"]
+        per_sample = (cost.get("forward_tokens") or {}).get("per_sample")
+        if per_sample is None:
+            per_sample, unit = cost["completion_tokens"]["per_sample"], "completion tokens"
+        curve = m["pass_at_k"]
+        x = np.array(curve["k"]) * max(per_sample, 1e-9)
+        ax.plot(x, curve["value"], marker="o", ms=3, color=colors[name], label=name)
+        ax.fill_between(x, curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{unit} per problem (k samples)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("accuracy against sampling compute (training cost not included)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def score_values(run: Run, name: str) -> dict[str, np.ndarray]:
+    """Each method's values of base-model score `name`, one per scored record."""
+    out = {}
+    for method, m in run.methods.items():
+        values = [r["base_scores"].get(name) for r in m.records if isinstance(r.get("base_scores"), dict)]
+        values = np.array([v for v in values if v is not None], dtype=float)
+        if values.size:
+            out[method] = values[np.isfinite(values)]
+    return out
+
+
+def plot_histogram(values: dict[str, np.ndarray], xlabel: str, path: Path) -> Path:
+    colors = method_colors(values)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    everything = np.concatenate(list(values.values()))
+    low, high = np.quantile(everything, [0.005, 1.0]) if everything.size else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, 41)
+    for name, v in values.items():
+        ax.hist(np.clip(v, low, high), bins=bins, density=True, histtype="stepfilled", alpha=0.25,
+                color=colors[name])
+        ax.hist(np.clip(v, low, high), bins=bins, density=True, histtype="step", linewidth=1.5,
+                color=colors[name], label=f"{name} (mean {v.mean():.3f}, {v.size} samples)")
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_diversity(metrics: dict, path: Path) -> Path | None:
+    """Grouped bars with interval whiskers: one panel per diversity measure present."""
+    methods = {n: m["diversity"] for n, m in metrics["methods"].items() if m.get("diversity")}
+    if not methods:
+        return None
+    panels = [("distinct-n (higher = more diverse)", [f"distinct_{n}" for n in range(1, 5)], ["1", "2", "3", "4"]),
+              ("self-BLEU (lower = more diverse)", ["self_bleu"], [""]),
+              ("distinct final answers", ["distinct_answers"], [""]),
+              ("embedding cosine distance", ["embedding_distance"], [""]),
+              ("Vendi score (embeddings)", ["vendi"], [""])]
+    panels = [p for p in panels if any(d.get(k) for d in methods.values() for k in p[1])]
+    colors = method_colors(methods)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.5, 3.6), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, (title, keys, labels) in zip(axes[0], panels):
+        for j, (name, d) in enumerate(methods.items()):
+            x = np.arange(len(keys)) + (j - (len(methods) - 1) / 2) * width
+            vals = [d[k]["value"] if d.get(k) else np.nan for k in keys]
+            err = np.array([[d[k]["value"] - d[k]["low"], d[k]["high"] - d[k]["value"]] if d.get(k) else [0, 0]
+                            for k in keys]).T
+            ax.bar(x, vals, width, yerr=err, color=colors[name], label=name, capsize=2)
+        ax.set_xticks(np.arange(len(keys)), labels)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=8)
+    m = metrics["settings"]["diversity_samples_per_problem"]
+    fig.suptitle(f"diversity across the first {m} samples of each problem (mean over problems)", fontsize=10)
+    return _save(fig, path)
+
+
+def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
+    """Write every figure the metrics allow into out_dir; return {name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"pass_at_k": plot_pass_at_k(metrics, out_dir / "pass_at_k.png"),
+             "accuracy_vs_compute": plot_accuracy_vs_compute(metrics, out_dir / "accuracy_vs_compute.png")}
+    for score, (stem, label) in HISTOGRAMS.items():
+        values = score_values(run, score)
+        if values:
+            paths[stem] = plot_histogram(values, label, out_dir / f"{stem}.png")
+    diversity = plot_diversity(metrics, out_dir / "diversity.png")
+    if diversity is not None:
+        paths["diversity"] = diversity
+    stems = ["pass_at_k", "accuracy_vs_compute", "diversity"] + [stem for stem, _ in HISTOGRAMS.values()]
+    for stem in stems:  # a figure this run cannot draw must not survive from an earlier analysis
+        if stem not in paths:
+            (out_dir / f"{stem}.png").unlink(missing_ok=True)
+    return paths

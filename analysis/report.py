@@ -1,0 +1,239 @@
+"""report.md: the metrics as markdown tables beside the plots, readable with no wandb.
+
+    text = render_report(metrics, plot_paths, run_dir)
+    write_text_atomic(run_dir / "report.md", text)
+
+Every table says which records it counts; the "Records used" table names each file,
+its line count and its sha256, and the closing per-problem table gives (correct / n)
+for every problem, so each accuracy can be recomputed by hand from the record lines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+PASS_K_COLUMNS = 6  # pass@k columns in the table (powers of two, then the largest k); the plot has all
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    if not entry or entry.get("value") is None:
+        return "—"
+    return f"{_f(entry['value'], digits)} [{_f(entry['low'], digits)}, {_f(entry['high'], digits)}]"
+
+
+def _p(p) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _shown_ks(metrics: dict) -> list[int]:
+    largest = max(max(m["pass_at_k"]["k"]) for m in metrics["methods"].values())
+    ks = [k for k in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if k < largest]
+    ks = ks[:PASS_K_COLUMNS - 1] + ([largest] if largest > 1 else [])
+    return ks
+
+
+def _image(plots: dict, key: str, alt: str, run_dir: Path) -> str:
+    if key not in plots:
+        return ""
+    path = Path(plots[key])
+    rel = os.path.relpath(path, run_dir)
+    return f"\n![{alt}]({rel})\n"
+
+
+def render_report(metrics: dict, plots: dict, run_dir) -> str:
+    run_dir = Path(run_dir)
+    methods = metrics["methods"]
+    conf = int(round(100 * metrics["settings"]["confidence"]))
+    out = [f"# Analysis of `{run_dir.name}`", "",
+           f"Written by `sharpen analyze` from the record files listed under *Records used*; "
+           f"`metrics.json` beside this file holds every number below and the per-problem counts. "
+           f"Intervals are {conf}% percentile bootstraps over problems "
+           f"({metrics['settings']['bootstrap_resamples']} resamples, seed {metrics['settings']['seed']}), "
+           f"Wilson intervals where a method has one sample per problem."]
+    if metrics["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]]
+
+    out += ["", "## Records used", ""]
+    rows = []
+    for name, f in metrics["files"].items():
+        m = methods[name]
+        spp = m["samples_per_problem"]
+        n = str(spp["min"]) if spp["min"] == spp["max"] else f"{spp['min']}–{spp['max']}"
+        rows.append([name, f"`{f['path']}`", f"{f['records']} (lines {f['first_line']}–{f['last_line']})",
+                     m["problems"], n, f"`{f['model']}`" if f["model"] else "—",
+                     "—" if f["temperature"] is None else f"{f['temperature']:g}",
+                     f"`{f['sha256'][:12]}`"])
+    out.append(_table(["method", "file", "records", "problems", "samples / problem", "sampled by",
+                       "temperature", "sha256"], rows))
+
+    ks = _shown_ks(metrics)
+    out += ["", "## Accuracy and pass@k", "",
+            "Accuracy is the mean over problems of each problem's fraction of correct samples (pass@1; a sample "
+            "is correct when its record says `correct`, i.e. the task's grader gave it a full score of 1). "
+            "pass@k uses the unbiased estimator 1 − C(n−c, k)/C(n, k) on each problem's n samples (c correct), "
+            "only for k ≤ n; — marks k beyond a method's samples. Majority vote scores the most common "
+            "extracted answer of each problem (ties split evenly; a problem without any answer counts as wrong; "
+            "— when a method's records carry no extracted answer).", ""]
+    rows = []
+    for name, m in methods.items():
+        curve = m["pass_at_k"]
+        cells = []
+        for k in ks:
+            if k in curve["k"]:
+                i = curve["k"].index(k)
+                cells.append(_ci({"value": curve["value"][i], "low": curve["low"][i], "high": curve["high"][i]}))
+            else:
+                cells.append("—")
+        rows.append([name, m["problems"], f"{m['correct']} / {m['samples']}", _ci(m["accuracy"]),
+                     _ci(m["majority_vote"])] + cells)
+    out.append(_table(["method", "problems", "correct / samples", "accuracy", "majority vote"]
+                      + [f"pass@{k}" for k in ks], rows))
+    out.append(_image(plots, "pass_at_k", "pass@k", run_dir))
+
+    if metrics["paired"]:
+        out += ["## Paired comparisons", "",
+                "Each row compares method B with method A on the problems both have: the difference of "
+                "accuracies (B − A) with a paired bootstrap interval; the Wilcoxon signed-rank test on the "
+                "per-problem pass rates, or with one sample per problem the exact McNemar test (binomial test "
+                "on the problems where exactly one is correct); p (Holm) adjusts for all the pairs. "
+                "*B > A* counts problems where B's pass rate is higher; *only A solves* counts problems where "
+                "some sample of A and none of B is correct.", ""]
+        rows = []
+        for e in metrics["paired"]:
+            if not e.get("problems"):
+                rows.append([f"{e['b']} − {e['a']}", 0] + ["no shared problem"] + ["—"] * 6)
+                continue
+            shared = str(e["problems"])
+            if e["problems"] < max(e["problems_a"], e["problems_b"]):
+                shared += f" (of {e['problems_a']} / {e['problems_b']})"
+            diff = _ci({"value": e["diff"], "low": e["low"], "high": e["high"]})
+            rows.append([f"{e['b']} − {e['a']}", shared, diff,
+                         e["test"], _p(e["p_value"]), _p(e.get("p_holm")),
+                         f"{e['b_better']} / {e['a_better']} / {e['ties']}", e["only_a_solves"], e["only_b_solves"]])
+        out.append(_table(["B − A", "problems", "difference", "test", "p", "p (Holm)", "B > A / A > B / tie",
+                           "only A solves", "only B solves"], rows))
+
+    scored = {n: m["base_scores"] for n, m in methods.items() if m.get("base_scores")}
+    out += ["", "## Likelihood and confidence under the base model", ""]
+    if not scored:
+        out.append("Not computed (no record carries base-model scores; run without `--no-score`).")
+    else:
+        models = sorted({x for s in scored.values() for x in s["model"]})
+        out.append(f"Every completion, whichever method produced it, scored by one forward pass of the base model "
+                   f"{', '.join(f'`{x}`' for x in models)} (temperature 1) over prompt + completion. "
+                   f"Log-likelihood per token = mean of log p(token); confidence = mean over tokens of "
+                   f"Σ_v p log p (negative entropy; Karan & Du, Eq. 13); self-certainty = mean over tokens of "
+                   f"KL(uniform ‖ p) (Kang et al. 2025). Means are over problems of per-problem means.")
+        out.append("")
+        rows = []
+        for name, s in scored.items():
+            lp = s["logprob_mean"]
+            rows.append([name, f"{s['scored']}" + (f" (+{s['unscored']} unscored)" if s["unscored"] else ""),
+                         _ci(lp), _f(lp["median"]), f"{_f(lp['mean_correct'])} / {_f(lp['mean_incorrect'])}",
+                         _ci(s["logprob_sum"], 2), _ci(s["confidence"]), _ci(s["self_certainty"])])
+        out.append(_table(["method", "scored", "log-lik / token", "median", "correct / incorrect",
+                           "log-lik (sum)", "confidence", "self-certainty"], rows))
+        out.append(_image(plots, "base_logprob_mean", "base log-likelihood per token", run_dir))
+        out.append(_image(plots, "base_confidence", "confidence under the base model", run_dir))
+        out.append(_image(plots, "base_self_certainty", "self-certainty under the base model", run_dir))
+
+    diverse = {n: m["diversity"] for n, m in methods.items() if m.get("diversity")}
+    out += ["## Diversity", ""]
+    if not diverse:
+        out.append("Not computed: every method has a single sample per problem.")
+    else:
+        used = metrics["settings"]["diversity_samples_per_problem"]
+        out.append(f"Across the first {used} samples of each problem (the same number for every method, so the "
+                   f"measures compare), averaged over problems. distinct-n: distinct token n-grams / all n-grams "
+                   f"(higher = more diverse); self-BLEU: BLEU of each sample against the others, in [0, 1] "
+                   f"(lower = more diverse); distinct answers: number of different extracted answers; embedding "
+                   f"distance: mean pairwise cosine distance of all-MiniLM-L6-v2 embeddings, Vendi: their Vendi "
+                   f"score (1 = all alike, {used} = all orthogonal).")
+        out.append("")
+        keys = [f"distinct_{n}" for n in range(1, 5)] + ["self_bleu", "distinct_answers", "embedding_distance", "vendi"]
+        keys = [k for k in keys if any(d.get(k) for d in diverse.values())]
+        rows = [[name] + [_ci(d.get(k)) for k in keys] for name, d in diverse.items()]
+        out.append(_table(["method"] + [k.replace("_", "-") for k in keys], rows))
+        skipped = [n for n, m in methods.items() if not m.get("diversity")]
+        if skipped:
+            out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
+        out.append(_image(plots, "diversity", "diversity", run_dir))
+
+    out += ["## Compute", "",
+            "Summed over the records: tokens sampled (decode steps), tokens run through the model (prefill "
+            "included; power-MH re-proposals counted) and wall-clock seconds, as each record's `cost` reports "
+            "them. Training columns come from `<method>/cost.json` when the study wrote one.", ""]
+    rows = []
+    training_any = any(m["cost"].get("training") for m in methods.values())
+    for name, m in methods.items():
+        c = m["cost"]
+        row = [name, c["records"], _f(c["completion_tokens"]["per_sample"], 1),
+               _f((c.get("sampled_tokens") or {}).get("total"), 0), _f((c.get("forward_tokens") or {}).get("total"), 0),
+               _f((c.get("forward_tokens") or {}).get("per_sample"), 1),
+               _f((c.get("wall_seconds") or {}).get("total"), 1),
+               _f(c.get("acceptance_rate"))]
+        if training_any:
+            t = c.get("training") or {}
+            row += [_f(t.get("wall_seconds"), 1), _f(t.get("rollout_tokens"), 0), _f(t.get("optimizer_steps"), 0)]
+        rows.append(row)
+    header = ["method", "samples", "tokens / completion", "sampled tokens", "forward tokens",
+              "forward tokens / sample", "wall s", "MH acceptance"]
+    if training_any:
+        header += ["training wall s", "training rollout tokens", "optimizer steps"]
+    out.append(_table(header, rows))
+    out.append(_image(plots, "accuracy_vs_compute", "accuracy against compute", run_dir))
+
+    analysis = metrics.get("analysis")
+    if analysis:
+        out += ["## This analysis", "",
+                f"Base-model scoring: {analysis.get('scored_now', 0)} record(s) scored now "
+                f"({_f(analysis.get('scoring_seconds'), 1)} s), {analysis.get('scored_before', 0)} reused from the "
+                f"records. Embeddings: {analysis.get('embeddings', 'off')}. Total {_f(analysis.get('seconds'), 1)} s."]
+
+    per_problem = metrics["per_problem"]
+    names = list(per_problem)
+    pids = list(dict.fromkeys(pid for name in names for pid in per_problem[name]))
+    limit = 500
+    out += ["## Per-problem counts", "",
+            f"<details><summary>correct / samples for each problem and method"
+            f"{f' (first {limit} of {len(pids)}; all in metrics.json)' if len(pids) > limit else ''}</summary>", ""]
+    rows = [[f"`{pid}`"] + [("{1} / {0}".format(*per_problem[n][pid]) if pid in per_problem[n] else "—")
+                            for n in names] for pid in pids[:limit]]
+    out += [_table(["problem"] + names, rows), "", "</details>", ""]
+    text = "\n".join(out)
+    text = re.sub(r"([^\n])\n(#+ )", r"\1\n\n\2", text)  # a blank line before every heading
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a file so that a reader never sees half of it (temp file + os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,132 @@
+"""Score completions under the base model: log-likelihood, confidence and self-certainty.
+
+    from sampling import load_model
+    model, tok = load_model("smollm2-135m")
+    scores = score_completions(model, prompt_ids, completion_ids, batch_tokens=4096)
+    scores[0]  # {"logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens"}
+
+One forward pass over prompt + completion per record, batched with left padding and
+sorted by length so that little is padding. With p_t the base model's next-token
+distribution (temperature 1) at completion position t, V its vocabulary and T the
+completion length:
+
+    logprob_sum    = sum_t log p_t(x_t)            logprob_mean = logprob_sum / T
+    confidence     = 1/T sum_t sum_v p_t(v) log p_t(v)             (negative entropy; Karan & Du, Eq. 13)
+    self_certainty = 1/T sum_t KL(U || p_t) = 1/T sum_t [-log V - 1/V sum_v log p_t(v)]   (Kang et al. 2025)
+
+Both confidence measures grow as the base model grows surer of each next token.
+Whoever sampled the completion (the base model, power-MH, a GRPO policy), it is
+scored under the model passed here, which the caller makes the *base* model.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+
+SCORE_FIELDS = ("logprob_sum", "logprob_mean", "confidence", "self_certainty")
+
+
+def _forward_logits(model, ids, mask, positions, keep: int):
+    """Logits of the last `keep` positions, (B, keep, V)."""
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                    logits_to_keep=keep)
+    except TypeError:  # a model class without logits_to_keep: compute all, keep the tail
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return out.logits[:, -keep:, :]
+
+
+def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Group indices, longest first, so that rows x longest row <= batch_tokens (one row at least)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[current[0]] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def score_completions(model, prompts: list[list[int]], completions: list[list[int]], *,
+                      batch_tokens: int = 4096, chunk_tokens: int = 2048,
+                      progress: bool = False) -> list[dict | None]:
+    """Base-model scores of each completion given its prompt (token id lists); None for an empty one.
+
+    batch_tokens bounds rows x padded length per forward pass; chunk_tokens bounds the
+    (row, position) pairs turned into float32 log-probs at once: a few chunk_tokens x V x 4 bytes.
+    """
+    from sampling.generate import left_pad
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else model.config.vocab_size
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        if not prompt:
+            raise ValueError(f"record {i} has an empty prompt: the first completion token needs a context")
+        bad = [t for t in list(prompt) + list(completion) if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"record {i} has token id {bad[0]} outside the base model's vocabulary "
+                             f"(0..{vocab - 1}): was it sampled with another tokenizer?")
+
+    results: list[dict | None] = [None] * len(prompts)
+    todo = [i for i, c in enumerate(completions) if len(c) > 0]
+    # The last completion token is only a target, never an input: feed prompt + completion[:-1].
+    lengths = {i: len(prompts[i]) + len(completions[i]) - 1 for i in todo}
+    batches = _batches([lengths[i] for i in todo], batch_tokens)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="base-model scores", unit="completion", disable=not progress,
+               file=sys.stderr)
+    started, tokens_done = time.time(), 0
+    for batch in batches:
+        rows = [todo[j] for j in batch]
+        ids, mask, positions = left_pad([list(prompts[i]) + list(completions[i][:-1]) for i in rows], 0, device)
+        keep = max(len(completions[i]) for i in rows)
+        logits = _forward_logits(model, ids, mask, positions, keep)  # (B, keep, V)
+        targets = torch.zeros((len(rows), keep), dtype=torch.long, device=device)
+        valid = torch.zeros((len(rows), keep), dtype=torch.bool, device=device)
+        for b, i in enumerate(rows):
+            # Left padding aligns the ends: row b's completion targets are its last T_b positions.
+            length = len(completions[i])
+            targets[b, keep - length:] = torch.tensor(completions[i], dtype=torch.long, device=device)
+            valid[b, keep - length:] = True
+        sums = {name: torch.zeros(len(rows), dtype=torch.float64, device=device)
+                for name in ("logprob_sum", "confidence", "self_certainty")}
+        step = max(1, chunk_tokens // len(rows))
+        for start in range(0, keep, step):
+            part = slice(start, min(start + step, keep))
+            log_p = torch.log_softmax(logits[:, part, :].float(), dim=-1)  # (B, c, V)
+            token = log_p.gather(-1, targets[:, part, None]).squeeze(-1)
+            p = log_p.exp()
+            neg_entropy = torch.special.xlogy(p, p).sum(-1)  # sum_v p log p, 0 log 0 = 0
+            certainty = -math.log(log_p.shape[-1]) - log_p.mean(-1)  # KL(U || p)
+            m = valid[:, part]
+            sums["logprob_sum"] += torch.where(m, token, 0).double().sum(-1)
+            sums["confidence"] += torch.where(m, neg_entropy, 0).double().sum(-1)
+            sums["self_certainty"] += torch.where(m, certainty, 0).double().sum(-1)
+            del log_p, p
+        for b, i in enumerate(rows):
+            length = len(completions[i])
+            total = float(sums["logprob_sum"][b])
+            results[i] = {"logprob_sum": total, "logprob_mean": total / length,
+                          "confidence": float(sums["confidence"][b]) / length,
+                          "self_certainty": float(sums["self_certainty"][b]) / length,
+                          "num_tokens": length}
+        tokens_done += int(mask.sum())
+        bar.update(len(rows))
+        bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - started, 1e-9):.0f}")
+    bar.close()
+    return results

@@ -1,0 +1,41 @@
+"""Which process am I: rank, world size and a barrier, under `accelerate launch` or alone.
+
+    shard = current_shard()           # Shard(rank=0, world_size=1) when not launched
+    todo[shard.rank::shard.world_size]
+    shard.wait()                       # barrier (a no-op alone)
+
+Sampling and GRPO shard work across the processes that `accelerate launch` starts
+(data parallel); a plain `sharpen ...` is one process and never initialises
+torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wait(self) -> None:
+        if self.world_size > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+
+def current_shard() -> Shard:
+    """This process's place among the processes accelerate launched (one process: rank 0 of 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Shard()
+    from accelerate import PartialState
+
+    state = PartialState()  # sets up the process group (gloo on CPU, nccl on GPUs)
+    return Shard(rank=state.process_index, world_size=state.num_processes)
