@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The testbed study: train the testbed base model, GRPO it, sample it four ways, report.
 demo: $(STAMP)
-	$(VENV)/bin/sharpen demo
+	$(VENV)/bin/sharpen study --config testbed
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -127,6 +127,6 @@ def score_completions(model, prompts: list[list[int]], completions: list[list[in
                           "num_tokens": length}
         tokens_done += int(mask.sum())
         bar.update(len(rows))
-        bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - started, 1e-9):.0f}")
+        bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - started, 1e-9):.0f}", refresh=False)
     bar.close()
     return results

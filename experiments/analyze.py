@@ -97,8 +97,13 @@ def _scored_by(record: dict, key: str | None) -> bool:
 
 
 def score_run(run: Run, spec: str | None, *, rescore: bool = False, batch_tokens: int = 4096, device=None,
-              model=None, tokenizer=None, progress: bool = True) -> dict:
-    """Add `base_scores` to every record that lacks scores by `spec` and rewrite those files."""
+              model=None, tokenizer=None, progress: bool = True, shard=None) -> dict:
+    """Add `base_scores` to every record that lacks scores by `spec` and rewrite those files.
+
+    Under `accelerate launch` (`shard` from experiments.distributed.current_shard()), each
+    process scores every world_size-th record, the scores are gathered, and the main process
+    alone rewrites the files.
+    """
     from analysis.scoring import score_completions
 
     if spec is None and model is not None:
@@ -118,9 +123,11 @@ def score_run(run: Run, spec: str | None, *, rescore: bool = False, batch_tokens
         from sampling import load_model
 
         model, tokenizer = load_model(spec, device=device)
+    world = shard.world_size if shard is not None else 1
+    mine = todo[shard.rank::world] if world > 1 else todo
     prompt_ids: dict[str, list[int]] = {}
     prompts, completions = [], []
-    for m, i in todo:
+    for m, i in mine:
         text = m.records[i]["prompt"]
         if text not in prompt_ids:
             # As experiments/sample.py does: the prompt text already holds any special tokens.
@@ -131,6 +138,16 @@ def score_run(run: Run, spec: str | None, *, rescore: bool = False, batch_tokens
         scores = score_completions(model, prompts, completions, batch_tokens=batch_tokens, progress=progress)
     except ValueError as err:
         raise UsageError(f"cannot score the records under '{spec}': {err}") from None
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * world
+        dist.all_gather_object(parts, scores)
+        scores = [None] * len(todo)
+        for rank, part in enumerate(parts):
+            scores[rank::world] = part
+        if not shard.is_main:
+            return info
     empty = {"logprob_sum": None, "logprob_mean": None, "confidence": None, "self_certainty": None, "num_tokens": 0}
     touched = {}
     for (m, i), score in zip(todo, scores):
@@ -200,7 +217,7 @@ def training_costs(run: Run) -> tuple[dict, list[str]]:
 
 
 def analyze(run_dir, options: AnalyzeOptions | None = None, *, model=None, tokenizer=None,
-            progress: bool = True, **overrides) -> dict:
+            progress: bool = True, shard=None, **overrides) -> dict | None:
     """Analyse RUN_DIR: write metrics.json, report.md and plots/, log to wandb; return the metrics.
 
     Options are AnalyzeOptions fields, given as `options` or keywords (base_model=..., wandb="off",
@@ -227,7 +244,9 @@ def analyze(run_dir, options: AnalyzeOptions | None = None, *, model=None, token
     info = {"scored_now": 0, "scored_before": 0, "scoring_seconds": 0.0}
     if options.score:
         info = score_run(run, base_model, rescore=options.rescore, batch_tokens=options.batch_tokens,
-                         device=options.device, model=model, tokenizer=tokenizer, progress=progress)
+                         device=options.device, model=model, tokenizer=tokenizer, progress=progress, shard=shard)
+    if shard is not None and not shard.is_main:
+        return None  # the other processes only help with scoring
     embeddings, info["embeddings"] = embed_run(run, options.embeddings, device=options.device)
     costs, cost_warnings = training_costs(run)
     run.warnings.extend(cost_warnings)
@@ -283,6 +302,10 @@ def make_parser():
 def main(argv: list[str] | None = None) -> int:
     namespace = make_parser().parse_args(argv)
     options = AnalyzeOptions(**{f.name: getattr(namespace, f.name) for f in fields(AnalyzeOptions)})
-    metrics = analyze(namespace.run_dir, options, progress=True)
-    print(format_summary(metrics))
+    from .distributed import current_shard
+
+    shard = current_shard()  # under `accelerate launch`, scoring is shared by the processes
+    metrics = analyze(namespace.run_dir, options, progress=shard.is_main, shard=shard)
+    if shard.is_main:
+        print(format_summary(metrics))
     return 0

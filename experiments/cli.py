@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 # command -> (module, one-line description)
 COMMANDS = {
+    "study": ("experiments.study", "run a whole study from a YAML config: base model, GRPO, four samplers, report"),
     "sample": ("experiments.sample", "sample a model on a task and write graded per-sample records"),
     "analyze": ("experiments.analyze", "metrics, plots, report.md and wandb from a run directory's records"),
     "grpo": ("experiments.grpo", "GRPO-train a model on a task's train split with TRL (or record an RL checkpoint)"),

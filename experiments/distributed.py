@@ -28,14 +28,20 @@ class Shard:
         if self.world_size > 1:
             from accelerate import PartialState
 
-            PartialState().wait_for_everyone()
+            PartialState().wait_for_everyone()  # the state current_shard() set up
 
 
 def current_shard() -> Shard:
     """This process's place among the processes accelerate launched (one process: rank 0 of 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Shard()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()  # sets up the process group (gloo on CPU, nccl on GPUs)
+    # Without cpu=True, PartialState on a machine without CUDA quietly stays a single process
+    # even under torchrun; with it, the processes join one gloo group (nccl on GPUs).
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=on_cpu)
+    if state.num_processes <= 1:
+        raise RuntimeError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate set up one process")
     return Shard(rank=state.process_index, world_size=state.num_processes)

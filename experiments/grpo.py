@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
+from .tasks import parse_task_args
 
 RUN_FILE = "run.json"
 RECORD_FILE = "grpo_checkpoint.json"
@@ -82,21 +83,11 @@ class GrpoRunArgs:
             raise UsageError(f"--num-train-problems must be >= 1, got {self.num_train_problems}")
         if self.from_checkpoint is None and (not self.model or not self.task):
             raise UsageError("give --model and --task (or --from-checkpoint to record an existing RL model)")
-        task_options(self.task_args)
+        parse_task_args(self.task_args)
 
     def lora_options(self) -> dict:
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
                 "target_modules": self.lora_target_modules}
-
-
-def task_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--task-args takes KEY=VALUE items, got '{item}'")
-        options[key] = yaml.safe_load(value)
-    return options
 
 
 def wandb_mode() -> str:
@@ -153,7 +144,7 @@ def _prepare(run: GrpoRunArgs, grpo: dict) -> dict:
 
     from .tasks import get_task
 
-    task = get_task(run.task, **task_options(run.task_args))
+    task = get_task(run.task, **parse_task_args(run.task_args))
     task.check_split("train")
     model_path = resolve_model_path(run.model)
     local = Path(model_path).expanduser()
@@ -244,7 +235,7 @@ def _identity(run: GrpoRunArgs, grpo: dict) -> dict:
     keep = dataclasses.asdict(run)
     for name in ("accelerate_config", "wandb_group", "wandb_project", "keep_checkpoints"):
         keep.pop(name)
-    keep["task_args"] = task_options(run.task_args)  # kind=trap and kind="trap" are the same run
+    keep["task_args"] = parse_task_args(run.task_args)  # kind=trap and kind="trap" are the same run
     if not run.lora:
         for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             keep.pop(name)

@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
 from sampling import PowerSamplingConfig, SampleResult, derive_seed, load_model, power_sample, sample
 
 from .errors import UsageError
-from .records import RecordWriter, read_records
-from .tasks import get_task
+from .records import RecordWriter, make_output_dir, read_records, record_key
+from .tasks import get_task, parse_task_args
 
-METHODS = ("base", "low_temp", "power_mh")
+METHODS = ("base", "low_temp", "power_mh", "grpo")
 POWER_FIELDS = ("block_size", "mcmc_steps", "proposal_temperature", "stop_on_eos")  # power_mh only
 
 
@@ -42,9 +40,10 @@ class SampleRunConfig:
     model: str = field(metadata={"help": "Checkpoint directory, Hugging Face id, or built-in name (smollm2-135m)."})
     task: str = field(metadata={"help": "Task name: humaneval, math500, basic_arithmetic, reasoning_gym, ..."})
     output_dir: str = field(metadata={"help": "Run directory; records go to OUTPUT_DIR/samples/<method>.jsonl."})
-    method: Literal["base", "low_temp", "power_mh"] = field(
+    method: Literal["base", "low_temp", "power_mh", "grpo"] = field(
         default="base", metadata={"help": "base: temperature 1; low_temp: token-level temperature 1/alpha; "
-                                          "power_mh: Metropolis-Hastings chains targeting p(x)^alpha."})
+                                          "power_mh: Metropolis-Hastings chains targeting p(x)^alpha; "
+                                          "grpo: a GRPO-trained --model (sharpen grpo's output) at temperature 1."})
     task_args: list[str] = field(
         default_factory=list, metadata={"help": "Task options as KEY=VALUE, e.g. data_path=MATH500.json."})
     temperature: float | None = field(
@@ -79,8 +78,9 @@ class SampleRunConfig:
             raise UsageError(f"--alpha must be > 0, got {self.alpha}")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        if self.method == "base" and self.temperature not in (None, 1.0):
-            raise UsageError("method base samples at temperature 1; use --method low_temp for another temperature")
+        if self.method in ("base", "grpo") and self.temperature not in (None, 1.0):
+            raise UsageError(f"method {self.method} samples at temperature 1; use --method low_temp for another "
+                             f"temperature")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -111,13 +111,7 @@ class SampleRunConfig:
                                    batch_size=self.batch_size)
 
     def task_options(self) -> dict:
-        options = {}
-        for item in self.task_args:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UsageError(f"--task-args takes KEY=VALUE items, got '{item}'")
-            options[key] = yaml.safe_load(value)
-        return options
+        return parse_task_args(self.task_args)
 
     def identity(self) -> dict:
         """The fields that shape each record; records made under other values must not be mixed in."""
@@ -170,8 +164,17 @@ def make_record(config: SampleRunConfig, task, tokenizer, problem: dict, sample_
     }
 
 
-def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool = True) -> Path:
-    """Sample, grade and record every missing (problem, sample) pair; return the records' path."""
+def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool = True, shard=None) -> Path:
+    """Sample, grade and record every missing (problem, sample) pair; return the records' path.
+
+    Under `accelerate launch`, pass `shard` (experiments.distributed.current_shard()): each
+    process samples every world_size-th missing pair into its own part file, and the main
+    process merges the parts into <method>.jsonl once all are done. Seeds derive from
+    (seed, problem, sample), so the records do not depend on the number of processes.
+    """
+    from .distributed import Shard
+
+    shard = shard or Shard()
     task = get_task(config.task, **config.task_options())
     problems = task.load(limit=config.num_problems, seed=config.seed, split=config.split)
     if not problems:
@@ -181,7 +184,10 @@ def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool =
     config_path = samples_dir / f"{config.method}.config.json"
     check_run_config(config_path, config.identity())
     if model is None:
-        model, tokenizer = load_model(config.model)
+        from .grpo import grpo_model_spec
+
+        # A `sharpen grpo --from-checkpoint` directory stands for the RL model it records.
+        model, tokenizer = load_model(grpo_model_spec(config.model) if Path(config.model).is_dir() else config.model)
 
     prompts = [task.prompt(p, tokenizer, chat=config.chat) for p in problems]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -192,22 +198,44 @@ def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool =
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    _make_dir(samples_dir)
-    config_path.write_text(json.dumps({"identity": config.identity(), "config": asdict(config)}, indent=2))
-    with RecordWriter(records_path) as writer:
+    if shard.is_main:
+        make_output_dir(samples_dir)
+        config_path.write_text(json.dumps({"identity": config.identity(), "config": asdict(config)}, indent=2))
+        _merge_parts(records_path)  # parts left by a killed multi-process run
+    shard.wait()
+    done = {record_key(r) for r in read_records(records_path)}
+    path = records_path if shard.world_size == 1 else _part_path(records_path, shard.rank)
+    with RecordWriter(path) as writer:
         todo = [(i, s) for i, p in enumerate(problems) for s in range(config.num_samples)
-                if (str(p["id"]), s) not in writer.done]
+                if (str(p["id"]), s) not in done | writer.done]
+        todo = todo[shard.rank::shard.world_size]
         _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_ids, todo, writer, progress)
+    shard.wait()
+    if shard.is_main:
+        _merge_parts(records_path)
+    shard.wait()
     return records_path
 
 
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create output directory '{path}': {err.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"output directory '{path}' is not writable")
+def _part_path(records_path: Path, rank: int) -> Path:
+    return records_path.with_name(f"{records_path.stem}.part{rank}.jsonl")
+
+
+def _merge_parts(records_path: Path) -> None:
+    """Append the records of every part file not yet in the main file, then delete the parts.
+
+    A merge killed half-way leaves its part files; the next merge skips what already landed.
+    """
+    parts = sorted(records_path.parent.glob(f"{records_path.stem}.part*.jsonl"))
+    if not parts:
+        return
+    with RecordWriter(records_path) as writer:
+        for part in parts:
+            for record in read_records(part):
+                if record_key(record) not in writer.done:
+                    writer.write(record)
+    for part in parts:
+        part.unlink()
 
 
 def _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_ids, todo, writer, progress):
@@ -241,7 +269,7 @@ def _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_
                 accepted_done += result.stats["accepted"]
                 postfix["mh_accept"] = f"{accepted_done / max(proposals_done, 1):.2f}"
             postfix["tok_s"] = f"{tokens_done / (time.time() - started):.0f}"
-            bar.set_postfix(postfix)
+            bar.set_postfix(postfix, refresh=False)  # a refresh per record floods non-terminal logs
 
         if power:
             power_sample(model, [prompt_ids[i] for i, _ in chunk], config.power_config(), seeds=seeds,
@@ -282,7 +310,11 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import current_shard
+
     (config,) = make_parser().parse_args_into_dataclasses(argv)
-    path = run(config)
-    print(format_summary(f"{config.task} / {config.method}", summarize(read_records(path))))
+    shard = current_shard()
+    path = run(config, shard=shard, progress=shard.is_main)
+    if shard.is_main:
+        print(format_summary(f"{config.task} / {config.method}", summarize(read_records(path))))
     return 0

@@ -22,12 +22,12 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .distributed import current_shard
 from .errors import UsageError
+from .records import make_output_dir
 from .study_config import StudyConfig, load_study_config
 from .tasks import get_task
 
@@ -114,12 +114,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
         raise UsageError(f"{run_dir} is not empty and holds no study: use another output_dir, or --overwrite")
     elif run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create output directory '{run_dir}': {err.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise UsageError(f"output directory '{run_dir}' is not writable")
+    make_output_dir(run_dir)
     tmp = saved_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"identity": identity(config), "config": asdict(config)}, indent=2))
     os.replace(tmp, saved_path)
@@ -201,24 +196,22 @@ def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = 
 
     shard = current_shard()
     preflight(config)
+    # wandb's banner for each of the study's runs would bury the study's own summary lines.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if config.wandb.mode != "off":
+        os.environ["WANDB_MODE"] = config.wandb.mode  # the study config is where the user chose it
     if shard.is_main:
         run_dir = claim_output_dir(config, overwrite)
     shard.wait()
     run_dir = Path(config.output_dir)
-    timings = {}
 
-    started = time.time()
     base_spec = base_model_spec(config, shard)
-    timings["base_model_seconds"] = time.time() - started
     model_specs = {m: base_spec for m in config.methods if m != "grpo"}
     if "grpo" in config.methods:
-        started = time.time()
         model_specs["grpo"] = grpo_stage(config, base_spec, run_dir, shard)
-        timings["grpo_seconds"] = time.time() - started
 
     base_model = base_tokenizer = None
     for method in config.methods:
-        started = time.time()
         spec = model_specs[method]
         if method == "grpo":
             model, tokenizer = load_model(spec)
@@ -228,26 +221,25 @@ def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = 
             model, tokenizer = base_model, base_tokenizer
         cfg = sample_config(config, method, spec, run_dir)
         path = run_sampling(cfg, model=model, tokenizer=tokenizer, progress=progress and shard.is_main, shard=shard)
-        timings[f"{method}_seconds"] = time.time() - started
         if shard.is_main:
             summary = summarize(read_records(path))
             print(format_sampling(f"{config.task} / {method}", summary), file=sys.stderr)
             log_sampling_run(config, method, summary, cfg)
         del model
 
-    if not shard.is_main:
-        return None
-    (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
     if base_model is None:
         base_model, base_tokenizer = load_model(base_spec)
-    metrics = analyze(run_dir, base_model=base_spec, model=base_model, tokenizer=base_tokenizer, progress=progress,
+    # Every process scores a share of the completions; the main one writes the report.
+    metrics = analyze(run_dir, base_model=base_spec, model=base_model, tokenizer=base_tokenizer,
+                      progress=progress and shard.is_main, shard=shard,
                       embeddings=config.analysis.embeddings, confidence=config.analysis.confidence,
                       bootstrap=config.analysis.bootstrap, batch_tokens=config.analysis.batch_tokens,
-                      wandb="off" if config.wandb.mode == "off" else config.wandb.mode,
+                      wandb=config.wandb.mode,
                       wandb_project=config.wandb.project, wandb_entity=config.wandb.entity,
                       wandb_group=config.wandb_group, wandb_name=f"{config.name}-analysis")
+    if not shard.is_main:
+        return None
     print(format_summary(metrics))
-    print(f"report: {run_dir / 'report.md'}")
     return metrics
 
 

@@ -156,6 +156,8 @@ def _check_type(value, hint, path: str):
             return value
         if kind in (str, bool, list, dict) and isinstance(value, kind):
             return value
+        if kind is str and isinstance(value, bool) and bool not in allowed:
+            return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
     names = " or ".join("null" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
                         for k in allowed)
     raise UsageError(f"{path} must be {names}, got {value!r}")
@@ -181,7 +183,7 @@ def resolve_config_path(path: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("grpo_")))
     raise UsageError(f"config '{path}' does not exist: give a YAML file or a preset name ({presets})")
 
 

@@ -27,6 +27,19 @@ TASKS = {
 }
 
 
+def parse_task_args(items: list[str]) -> dict:
+    """Task options from `--task-args KEY=VALUE ...` items; values are read as YAML (numbers, lists)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--task-args takes KEY=VALUE items, got '{item}'")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def get_task(name: str, **options) -> Task:
     """Build the task called `name`; unknown names and options raise UsageError listing valid ones."""
     if name not in TASKS:
@@ -41,4 +54,4 @@ def get_task(name: str, **options) -> Task:
     return factory(**options)
 
 
-__all__ = ["Task", "TASKS", "get_task"]
+__all__ = ["Task", "TASKS", "get_task", "parse_task_args"]

@@ -153,7 +153,7 @@ def train(seed: int = 0, config: TrainConfig = TrainConfig(), progress: bool = T
             step += 1
             bar.update(1)
             if step % 25 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}", floor=f"{floor:.3f}")
+                bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}", floor=f"{floor:.3f}", refresh=False)
         bar.close()
     tail = losses[-min(50, len(losses)):]
     stats = {"wall_seconds": round(time.time() - started, 1), "steps": step, "extra_steps": extra,

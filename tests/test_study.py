@@ -1,0 +1,199 @@
+"""`sharpen study` end to end on the testbed, resumed after a crash at each stage, and its bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.records import read_records
+from experiments.study_config import CONFIG_DIR, load_study_config
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("base", "low_temp", "power_mh", "grpo")
+# A very small version of the testbed preset: 4 problems x 2 samples, 4 GRPO steps.
+TINY = ["num_problems=4", "num_samples=2", "power_mh.block_size=4", "power_mh.mcmc_steps=2",
+        "grpo.config={max_steps: 4, save_steps: 2, logging_steps: 2, per_device_train_batch_size: 8, "
+        "num_generations: 4, log_completions: false}",
+        "analysis.bootstrap=200", "wandb.mode=off"]
+
+
+def study(out, *extra) -> int:
+    return main(["study", "--config", "testbed", "--output-dir", str(out), *TINY, *extra])
+
+
+def all_records(out: Path) -> dict[str, list[dict]]:
+    return {m: read_records(out / "samples" / f"{m}.jsonl") for m in METHODS}
+
+
+def assert_complete(out: Path):
+    records = all_records(out)
+    for method, lines in records.items():
+        keys = [(r["problem_id"], r["sample_idx"]) for r in lines]
+        assert len(keys) == len(set(keys)) == 8, method
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["methods"]) == set(METHODS)
+    assert (out / "report.md").exists() and (out / "plots" / "pass_at_k.png").exists()
+    assert json.loads((out / "grpo" / "cost.json").read_text())["optimizer_steps"] == 4
+    return records
+
+
+def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert study(out) == 0
+    records = assert_complete(out)
+    assert "power_mh: accuracy" in capsys.readouterr().out
+    assert {r["temperature"] for r in records["low_temp"]} == {0.25}
+    assert all("proposals" in r["cost"] for r in records["power_mh"])
+    assert all("base_scores" in r for r in records["grpo"])  # scored under the base model
+    report = (out / "report.md").read_text()
+    assert "grpo" in report and "training wall s" in report
+
+    # Everything is complete: a second run trains and samples nothing new.
+    before = {m: (out / "samples" / f"{m}.jsonl").read_bytes() for m in METHODS}
+    started = time.time()
+    assert study(out) == 0
+    assert {m: (out / "samples" / f"{m}.jsonl").read_bytes() for m in METHODS} == before
+    assert time.time() - started < 60
+
+
+@pytest.mark.parametrize("stage", ["grpo", "sampling", "analysis"])
+def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_dir, tmp_path, monkeypatch, stage):
+    import experiments.analyze
+    import experiments.sample
+    import experiments.study
+
+    class Killed(Exception):
+        pass
+
+    if stage == "grpo":  # die as soon as GRPO has saved its first checkpoint
+        import rl_baselines
+
+        real_train = rl_baselines.grpo_train
+
+        def dying_train(*args, **kwargs):
+            from transformers import TrainerCallback
+
+            class Die(TrainerCallback):
+                def on_save(self, args, state, control, **kw):
+                    raise Killed()
+
+            kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [Die()]
+            return real_train(*args, **kwargs)
+
+        monkeypatch.setattr(rl_baselines, "grpo_train", dying_train)  # experiments.grpo imports it from here
+    elif stage == "sampling":  # die in power_mh after 3 records
+        real_make_record = experiments.sample.make_record
+        calls = {"n": 0}
+
+        def dying_make_record(config, *args, **kwargs):
+            if config.method == "power_mh":
+                calls["n"] += 1
+                if calls["n"] > 3:
+                    raise Killed()
+            return real_make_record(config, *args, **kwargs)
+
+        monkeypatch.setattr(experiments.sample, "make_record", dying_make_record)
+    else:
+        def dying_analyze(*args, **kwargs):
+            raise Killed()
+
+        monkeypatch.setattr(experiments.analyze, "analyze", dying_analyze)
+
+    out = tmp_path / "study"
+    with pytest.raises(Killed):
+        study(out)
+    if stage == "sampling":
+        assert len(read_records(out / "samples" / "power_mh.jsonl")) == 3
+    monkeypatch.undo()
+    assert study(out) == 0
+    assert_complete(out)
+
+
+def test_presets_parse_and_the_gpu_presets_fail_at_once_here(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    presets = [p for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("grpo_")]
+    assert {p.stem for p in presets} >= {"testbed", "smollm2_arithmetic", "smollm2_humaneval", "qwen_math500"}
+    for preset in presets:
+        load_study_config(str(preset))
+    started = time.time()
+    out = tmp_path / "qwen"
+    assert main(["study", "--config", "qwen_math500", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be loaded here" in err and len(err.splitlines()) == 1
+    assert time.time() - started < 30 and not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["power_mh.blok_size=3"], "unknown key 'power_mh.blok_size'"),
+    (["colour=red"], "unknown key 'colour'"),
+    (["methods=[base, beam_search]"], "unknown method(s) beam_search"),
+    (["num_samples=zero"], "num_samples must be int"),
+    (["task=humaneval"], "GRPO needs a train split"),
+    (["model=/no/such/model"], "does not exist"),
+    (["grpo.accelerate_config=/no/such.yaml"], "accelerate config '/no/such.yaml' does not exist"),
+])
+def test_bad_study_configs_fail_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "study"
+    assert study(out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_missing_preset_and_another_study_in_the_directory(testbed_dir, tmp_path, capsys):
+    assert main(["study", "--config", "no_such_preset"]) == 2
+    assert "does not exist: give a YAML file or a preset name" in capsys.readouterr().err
+    out = tmp_path / "study"
+    assert study(out, "methods=[base]") == 0
+    before = (out / "samples" / "base.jsonl").read_bytes()
+    assert study(out, "methods=[base]", "seed=1") == 2
+    assert "holds a study with other settings (seed)" in capsys.readouterr().err
+    assert (out / "samples" / "base.jsonl").read_bytes() == before  # nothing overwritten
+    assert study(out, "methods=[base]", "seed=1", "--overwrite") == 0
+    assert (out / "samples" / "base.jsonl").read_bytes() != before
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_shard_sampling_without_loss_or_duplicates(tiny_checkpoint, tmp_path):
+    """`accelerate launch` with 2 CPU processes: the merged records equal a one-process run's."""
+    args = ["sample", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--num-problems", "6",
+            "--num-samples", "3", "--max-new-tokens", "8", "--batch-size", "4"]
+    assert main([*args, "--output-dir", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              "-m", "experiments.cli", *args, "--output-dir", str(tmp_path / "two")]
+    done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = read_records(tmp_path / "one" / "samples" / "base.jsonl")
+    two = read_records(tmp_path / "two" / "samples" / "base.jsonl")
+    assert not list((tmp_path / "two" / "samples").glob("*.part*"))  # parts merged and removed
+    key = lambda r: (r["problem_id"], r["sample_idx"])  # noqa: E731
+    assert len(two) == len({key(r) for r in two}) == 18
+    assert [r["completion_ids"] for r in sorted(one, key=key)] == [r["completion_ids"] for r in sorted(two, key=key)]
+
+    # ... and the two processes really were two shards of one group (not two lone processes
+    # racing on one file, which the record check alone could miss when one finishes first).
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nfrom experiments.distributed import current_shard\n"
+                     "s = current_shard(); s.wait()\n"
+                     f"open({str(tmp_path)!r} + f'/shard{{s.rank}}', 'w').write(f'{{s.rank}} {{s.world_size}}')\n")
+    launch = launch[:launch.index("-m", 4)] + [str(probe)]
+    launch[launch.index("--main_process_port") + 1] = str(free_port())
+    done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.read_text() for p in tmp_path.glob("shard*")) == ["0 2", "1 2"]
