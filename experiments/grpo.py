@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from analysis.report import write_text_atomic
+
 from .errors import UsageError
 from .tasks import parse_task_args
 
@@ -211,7 +213,7 @@ def _train(run: GrpoRunArgs, grpo: dict) -> Path:
     state = PartialState()
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(output_dir / RUN_FILE, json.dumps(
+        write_text_atomic(output_dir / RUN_FILE, json.dumps(
             {"identity": identity, "model_path": prep["model_path"], "train_problems": len(prep["problems"])},
             indent=2, default=str))
     reward = grade_reward(prep["task"].grade, prep["problems"], name="correct")
@@ -272,7 +274,7 @@ def record_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
     record = {"kind": "existing_checkpoint", "model": spec, "trained_here": False,
               "note": "GRPO model trained elsewhere; sample it with --model set to 'model'"}
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / RECORD_FILE, json.dumps(record, indent=2))
+    write_text_atomic(output_dir / RECORD_FILE, json.dumps(record, indent=2))
     return output_dir
 
 
@@ -349,12 +351,6 @@ def _grpo_defaults() -> dict:
         if f.init:
             out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def make_parser():

@@ -22,8 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-
-from sampling import PowerSamplingConfig, SampleResult, derive_seed, load_model, power_sample, sample
+from sampling import (
+    PowerSamplingConfig,
+    SampleResult,
+    derive_seed,
+    load_model,
+    power_sample,
+    sample,
+)
+from sampling.generate import check_prompts
 
 from .errors import UsageError
 from .records import RecordWriter, make_output_dir, read_records, record_key
@@ -192,8 +199,6 @@ def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool =
     prompts = [task.prompt(p, tokenizer, chat=config.chat) for p in problems]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     try:
-        from sampling.generate import check_prompts
-
         check_prompts(model, prompt_ids)
     except ValueError as err:
         raise UsageError(str(err)) from None

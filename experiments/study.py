@@ -25,6 +25,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from analysis.report import write_text_atomic
+
 from .distributed import current_shard
 from .errors import UsageError
 from .records import make_output_dir
@@ -115,9 +117,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     elif run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
     make_output_dir(run_dir)
-    tmp = saved_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"identity": identity(config), "config": asdict(config)}, indent=2))
-    os.replace(tmp, saved_path)
+    write_text_atomic(saved_path, json.dumps({"identity": identity(config), "config": asdict(config)}, indent=2))
     return run_dir
 
 

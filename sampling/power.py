@@ -68,7 +68,13 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from .draw import derive_seed, draw_tokens, make_generator, proposal_logprobs, validate_processing
+from .draw import (
+    derive_seed,
+    draw_tokens,
+    make_generator,
+    proposal_logprobs,
+    validate_processing,
+)
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, eos_token_ids
 

@@ -56,11 +56,11 @@ def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
     assert "grpo" in report and "training wall s" in report
 
     # Everything is complete: a second run trains and samples nothing new.
-    before = {m: (out / "samples" / f"{m}.jsonl").read_bytes() for m in METHODS}
-    started = time.time()
+    finished = [out / "samples" / f"{m}.jsonl" for m in METHODS] + [out / "grpo" / "cost.json",
+                                                                     out / "grpo" / "model.safetensors"]
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished}
     assert study(out) == 0
-    assert {m: (out / "samples" / f"{m}.jsonl").read_bytes() for m in METHODS} == before
-    assert time.time() - started < 60
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished} == before
 
 
 @pytest.mark.parametrize("stage", ["grpo", "sampling", "analysis"])

@@ -6,6 +6,8 @@ reward calls the very same `grade`, so the two cannot drift apart.
 
 from __future__ import annotations
 
+from ..errors import UsageError
+
 
 class Task:
     """A benchmark: `load` problems, build a `prompt`, `extract_answer`, `grade` a completion."""
@@ -36,16 +38,12 @@ class Task:
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            from ..errors import UsageError
-
             raise UsageError(f"task '{self.name}' has no split '{split}': it has {', '.join(self.splits)}")
 
 
 def apply_chat(tokenizer, text: str) -> str:
     """`text` as one user turn of the tokenizer's chat template, ready for the reply."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        from ..errors import UsageError
-
         raise UsageError("chat prompts need a tokenizer with a chat template; this model has none")
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
@@ -53,7 +51,5 @@ def apply_chat(tokenizer, text: str) -> str:
 
 def take(problems: list[dict], limit: int | None) -> list[dict]:
     if limit is not None and limit < 1:
-        from ..errors import UsageError
-
         raise UsageError(f"limit must be >= 1 or None, got {limit}")
     return problems if limit is None else problems[:limit]

@@ -11,10 +11,11 @@ when asked again with the same settings.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from analysis.report import write_text_atomic
 
 from ..errors import UsageError
 
@@ -61,12 +62,10 @@ def cached_calibration(path: Path, num_problems: int, num_samples: int, progress
     if progress:
         print("testbed: calibrating ...", file=sys.stderr)
     figures = calibrate(path, num_problems=num_problems, num_samples=num_samples)
-    tmp = path / f".calibration.json.tmp-{os.getpid()}"
     try:
-        tmp.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2))
-        os.replace(tmp, saved)
+        write_text_atomic(saved, json.dumps({"settings": settings, "figures": figures}, indent=2))
     except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only checkpoint is still usable; just not cached
+        pass  # a read-only checkpoint is still usable; just not cached
     return figures
 
 
