@@ -1,17 +1,22 @@
 """Measurements over per-sample records: correctness with intervals, likelihood, diversity, reports.
 
+    from analysis import AnalysisConfig, analyze
+    metrics = analyze("runs/demo", AnalysisConfig(bootstrap=500))   # or `sharpen analyze runs/demo`
+
+    pipeline.py   analyze(): scoring, metrics, report, plots and wandb in one call; AnalysisConfig
+    runs.py       read and check RUN_DIR/samples/<name>.jsonl, configs, sessions and stored scores
+    scoring.py    log-likelihood, confidence and self-certainty under the base model -> RUN_DIR/scores/<name>.jsonl
     stats.py      accuracy, pass@k (unbiased estimator) with bootstrap intervals, majority vote, paired tests
-    scoring.py    log-likelihood, confidence and self-certainty of completions under the base model
     diversity.py  distinct-n, self-BLEU, distinct answers, embedding diversity across a prompt's samples
-    runs.py       read and check RUN_DIR/samples/*.jsonl; write scores back atomically
-    metrics.py    every number of the report, from the records (metrics.json)
+    metrics.py    every number of the report, from the records and scores (metrics.json)
     plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
     report.py     report.md
     wandb_log.py  the same metrics, plots, histograms and sample tables in a wandb run
 
-`sharpen analyze RUN_DIR` (experiments/analyze.py) wires these together.
+Sample files are read, never written; scores are derived data beside them.
 """
 
+from .pipeline import AnalysisConfig, analyze, default_base_model, format_summary
 from .runs import InputError
 
-__all__ = ["InputError"]
+__all__ = ["AnalysisConfig", "InputError", "analyze", "default_base_model", "format_summary"]

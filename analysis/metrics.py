@@ -1,15 +1,19 @@
-"""Every number of a run's report, computed from its records: the content of metrics.json.
+"""Every number of a run's report, computed from its records and stored scores: the content of metrics.json.
 
-    from analysis.runs import load_run
-    metrics = compute_metrics(load_run("runs/demo"))
+    from analysis.runs import attach_scores, load_run
+    run = load_run("runs/demo"); attach_scores(run, None)
+    metrics = compute_metrics(run)
     metrics["methods"]["base"]["pass_at_k"]    # {"k": [...], "value": [...], "low": [...], "high": [...]}
     metrics["paired"][0]                       # low_temp - base: difference, interval, test, p-value
 
-Per method: accuracy, pass@k for every k up to the smallest samples-per-problem, majority
-vote, base-model scores (read from each record's `base_scores`, see analysis.scoring),
-diversity and cost. Then every pair of methods on the problems both have. Each number
-carries the counts it was computed from, and `per_problem` holds (n, correct) for every
-problem and method, so a reader can recompute any accuracy by hand from the records.
+Per method instance: accuracy, pass@k for every k up to the smallest samples-per-problem,
+majority vote, base-model scores (from RUN_DIR/scores/<name>.jsonl, see analysis.scoring),
+diversity and cost (the sum of the records' wall-time shares, and the elapsed sampling time
+of the sessions in <name>.sessions.jsonl). Then every pair of methods on the problems both
+have. Each number carries the counts it was computed from, and `per_problem` holds
+(n, correct) for every problem and method, so a reader can recompute any accuracy by hand
+from the records. `files` names each record file (sha256, lines, config, environments);
+`environment` is the analysis's own (common.provenance.environment()).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import math
 
 import numpy as np
 
+from common.provenance import environment, library_differences
+
 from . import diversity as div
-from .runs import Run
+from .runs import MethodRecords, Run
 from .stats import holm, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
 
 SCORE_NAMES = ("logprob_mean", "logprob_sum", "confidence", "self_certainty")
@@ -39,18 +45,18 @@ def _interval(values, confidence, n_resamples, seed) -> dict:
             "problems": int(sum(v is not None and math.isfinite(v) for v in values))}
 
 
-def _base_scores(groups: dict[str, list[dict]], confidence, n_resamples, seed) -> dict | None:
+def _base_scores(method: MethodRecords, groups: dict[str, list[dict]], confidence, n_resamples, seed) -> dict | None:
     """Mean (interval over problems), median and spread of each base-model score."""
     records = [r for g in groups.values() for r in g]
-    scored = [r for r in records if isinstance(r.get("base_scores"), dict)]
+    scored = [r for r in records if method.score_of(r) is not None]
     if not scored:
         return None
-    out = {"model": sorted({str(r["base_scores"].get("model")) for r in scored}), "scored": len(scored),
+    out = {"model": sorted({str(method.score_of(r).get("model")) for r in scored}), "scored": len(scored),
            "unscored": len(records) - len(scored)}
     for name in SCORE_NAMES:
         def value(r):
-            scores = r.get("base_scores")
-            return scores.get(name) if isinstance(scores, dict) else None
+            scores = method.score_of(r)
+            return scores.get(name) if scores is not None else None
 
         per_problem = []
         for group in groups.values():
@@ -66,8 +72,8 @@ def _base_scores(groups: dict[str, list[dict]], confidence, n_resamples, seed) -
                      "mean_incorrect": float(np.mean(split[False])) if split[False] else None}
     # Log-probs recorded while sampling come from the sampling model at temperature 1; for a
     # method sampled from the base model they must match this forward pass up to rounding.
-    diffs = [abs(float(r["base_logprob_mean"]) - float(r["base_scores"]["logprob_mean"])) for r in scored
-             if r.get("base_logprob_mean") is not None and r["base_scores"].get("logprob_mean") is not None]
+    diffs = [abs(float(r["base_logprob_mean"]) - float(method.score_of(r)["logprob_mean"])) for r in scored
+             if r.get("base_logprob_mean") is not None and method.score_of(r).get("logprob_mean") is not None]
     out["sampler_logprob_mean_abs_diff"] = float(np.mean(diffs)) if diffs else None
     return out
 
@@ -97,7 +103,14 @@ def _diversity(groups, samples_used: int, embeddings, confidence, n_resamples, s
     return out
 
 
-def _cost(records: list[dict], training: dict | None) -> dict:
+def _cost(records: list[dict], sessions: list[dict], training: dict | None) -> dict:
+    """Totals and means of the records' costs; `sessions`: measured elapsed sampling time, when recorded.
+
+    A record's wall_seconds is its share of the measured time, so the total is the sum of
+    shares; the sessions' elapsed_seconds is the time the sampler measured end to end. A session
+    of several processes logs one line per process (rank, world_size), and each process's
+    records share that process's time, so both totals count process-seconds.
+    """
     with_cost = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
     out = {"records_with_cost": len(with_cost), "records": len(records)}
     for name in COST_FIELDS:
@@ -108,6 +121,12 @@ def _cost(records: list[dict], training: dict | None) -> dict:
         out["acceptance_rate"] = out["accepted"]["total"] / out["proposals"]["total"]
     tokens = [len(r["completion_ids"]) for r in records]
     out["completion_tokens"] = {"total": int(np.sum(tokens)), "per_sample": float(np.mean(tokens))}
+    timed = [s for s in sessions if s.get("elapsed_seconds") is not None]
+    if timed:
+        out["sessions"] = {"count": sum(int(s.get("rank") or 0) == 0 for s in timed), "lines": len(timed),
+                           "processes": max(int(s.get("world_size") or 1) for s in timed),
+                           "elapsed_seconds": float(sum(float(s["elapsed_seconds"]) for s in timed)),
+                           "records_written": int(sum(int(s.get("records_written") or 0) for s in timed))}
     if training:
         out["training"] = training
     return out
@@ -152,7 +171,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
                      for g in groups.values()]
             majority = _interval([0.0 if v is None else v for v in votes], confidence, n_resamples, seed)
             majority["problems_without_answer"] = int(sum(v is None for v in votes))
-        scores = _base_scores(groups, confidence, n_resamples, seed)
+        scores = _base_scores(run.methods[name], groups, confidence, n_resamples, seed)
         if scores and scores["unscored"]:
             warnings.append(f"{name}: {scores['unscored']} record(s) have no base-model scores (empty completions "
                             f"or not scored); likelihood and confidence use the other {scores['scored']}")
@@ -160,7 +179,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             diversity = _diversity(groups, diversity_n, embeddings.get(name), confidence, n_resamples, seed)
         else:
             diversity = None
-        cost = _cost(records, training_costs.get(name))
+        cost = _cost(records, run.methods[name].sessions, training_costs.get(name))
         if cost["records_with_cost"] < len(records):
             warnings.append(f"{name}: {len(records) - cost['records_with_cost']} record(s) carry no cost; "
                             f"costs sum the others")
@@ -198,30 +217,65 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
     for entry, adjusted in zip(tested, holm([e["p_value"] for e in tested])):
         entry["p_holm"] = adjusted
 
+    here = environment()
     files = {}
     for name, m in run.methods.items():
-        identity = (m.config or {}).get("identity")
+        config = m.config or {}
         temps = sorted({r.get("temperature") for r in m.records if r.get("temperature") is not None})
         files[name] = {"path": str(m.path.relative_to(run.dir)) if m.path.is_relative_to(run.dir) else str(m.path),
                        "records": len(m.records), "first_line": m.lines[0], "last_line": m.lines[-1],
-                       "sha256": m.sha256, "model": m.model, "temperature": temps[0] if temps else None,
-                       "identity": identity}
+                       "sha256": m.sha256, "method": m.kind, "model": m.model,
+                       "temperature": temps[0] if temps else None, "identity": config.get("identity"),
+                       "settings": m.settings, "grader_version": config.get("grader_version"),
+                       "model_revision": config.get("model_revision"), "environment": config.get("environment"),
+                       "sessions": m.sessions}
+    warnings += environment_warnings(run, here)
     per_problem = {name: {pid: [len(g), int(sum(bool(r["correct"]) for r in g))] for pid, g in groups.items()}
                    for name, groups in groups_by_method.items()}
-    return {"settings": {"confidence": confidence, "bootstrap_resamples": n_resamples, "seed": seed,
+    return {"environment": here,
+            "settings": {"confidence": confidence, "bootstrap_resamples": n_resamples, "seed": seed,
                          "diversity_samples_per_problem": diversity_n},
             "warnings": warnings, "files": files, "methods": methods, "paired": paired,
             "per_problem": per_problem}
 
 
+def method_environments(method: MethodRecords) -> list[dict]:
+    """The environments a method's records were made under: its config's, then each session's, in order."""
+    found = [(method.config or {}).get("environment")] + [s.get("environment") for s in method.sessions]
+    return [e for e in found if isinstance(e, dict)]
+
+
+def environment_warnings(run: Run, here: dict) -> list[str]:
+    """Library and code differences between a method's sampling sessions, and between them and this analysis."""
+    warnings, against_here = [], {}
+    for name, method in run.methods.items():
+        envs = method_environments(method)
+        between = list(dict.fromkeys(d for a, b in zip(envs, envs[1:]) for d in library_differences(a, b)))
+        if between:
+            warnings.append(f"{name}: its records were sampled under different versions ({'; '.join(between)}); "
+                            f"see files.{name}.sessions in metrics.json")
+        if envs:
+            diff = tuple(library_differences(envs[-1], here))
+            if diff:
+                against_here.setdefault(diff, []).append(name)
+    for diff, names in against_here.items():
+        warnings.append(f"{', '.join(names)} sampled under other versions than this analysis runs under "
+                        f"({'; '.join(diff)})")
+    return warnings
+
+
 def clean_for_json(value):
-    """NaN and infinities become null, so metrics.json is strict JSON."""
+    """NaN and infinities become null, so metrics.json is strict JSON.
+
+    >>> clean_for_json({"a": float("nan"), "b": [1.5, float("inf")], 3: np.float64(2.0)})
+    {'a': None, 'b': [1.5, None], '3': 2.0}
+    """
+    if isinstance(value, np.generic):  # before float: np.float64 is a float
+        return clean_for_json(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): clean_for_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean_for_json(v) for v in value]
-    if isinstance(value, np.generic):
-        return clean_for_json(value.item())
     return value

@@ -8,6 +8,9 @@ base_logprob_mean.png     histogram of per-token base log-likelihood, per method
 base_confidence.png       histogram of confidence (negative entropy) under the base model
 base_self_certainty.png   histogram of self-certainty under the base model
 diversity.png             distinct-n, self-BLEU, distinct answers, embedding distance per method
+
+Every method instance of the run gets its own colour (tab10, in table order) and, past ten
+instances, its own line style; with more than four the legend moves beside the axes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ matplotlib.use("Agg")  # files only; never open a window or need a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .runs import METHOD_ORDER, Run  # noqa: E402
+from .runs import Run  # noqa: E402
 
 HISTOGRAMS = {
     "logprob_mean": ("base_logprob_mean", "log-likelihood per token under the base model (nats)"),
@@ -30,30 +33,53 @@ HISTOGRAMS = {
 }
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def method_colors(names) -> dict[str, str]:
-    """One fixed colour per method: the four known methods always get the same ones."""
+    """One colour per method, in table order, cycling through tab10.
+
+    >>> method_colors(["base", "power_mh_a2"])
+    {'base': '#1f77b4', 'power_mh_a2': '#ff7f0e'}
+    """
     palette = plt.get_cmap("tab10").colors
-    extra = [n for n in names if n not in METHOD_ORDER]
-    return {n: matplotlib.colors.to_hex(palette[(METHOD_ORDER.index(n) if n in METHOD_ORDER
-                                                 else len(METHOD_ORDER) + extra.index(n)) % 10]) for n in names}
+    return {n: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, n in enumerate(names)}
+
+
+def method_styles(names) -> dict[str, str]:
+    """Line styles that tell apart methods whose colours repeat (the eleventh instance on)."""
+    return {n: LINE_STYLES[(i // 10) % len(LINE_STYLES)] for i, n in enumerate(names)}
+
+
+def _legend(ax, count: int) -> None:
+    """Inside the axes for a few methods; beside them (outside the data) for many."""
+    if count > 4:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8)
+
+
+def _width(count: int, base: float = 6.0) -> float:
+    return base + (2.2 if count > 4 else 0.0)
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps a legend placed beside the axes
     plt.close(fig)
     return path
 
 
 def plot_pass_at_k(metrics: dict, path: Path) -> Path:
     methods = metrics["methods"]
-    colors = method_colors(methods)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    colors, styles = method_colors(methods), method_styles(methods)
+    fig, ax = plt.subplots(figsize=(_width(len(methods)), 4))
     largest = 1
     for name, m in methods.items():
         curve = m["pass_at_k"]
         largest = max(largest, max(curve["k"]))
-        ax.plot(curve["k"], curve["value"], marker="o", ms=3, color=colors[name], label=f"{name} (n={max(curve['k'])})")
+        ax.plot(curve["k"], curve["value"], marker="o", ms=3, color=colors[name], linestyle=styles[name],
+                label=f"{name} (n={max(curve['k'])})")
         ax.fill_between(curve["k"], curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
     if largest >= 4:
         ax.set_xscale("log", base=2)
@@ -64,15 +90,15 @@ def plot_pass_at_k(metrics: dict, path: Path) -> Path:
     conf = int(round(100 * metrics["settings"]["confidence"]))
     ax.set_title(f"pass@k with {conf}% bootstrap intervals over problems", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(methods))
     return _save(fig, path)
 
 
 def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
     """pass@k against k x (forward tokens per sample): the compute of drawing k samples."""
     methods = metrics["methods"]
-    colors = method_colors(methods)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    colors, styles = method_colors(methods), method_styles(methods)
+    fig, ax = plt.subplots(figsize=(_width(len(methods)), 4))
     unit = "forward tokens"
     for name, m in methods.items():
         cost = m["cost"]
@@ -81,7 +107,7 @@ def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
             per_sample, unit = cost["completion_tokens"]["per_sample"], "completion tokens"
         curve = m["pass_at_k"]
         x = np.array(curve["k"]) * max(per_sample, 1e-9)
-        ax.plot(x, curve["value"], marker="o", ms=3, color=colors[name], label=name)
+        ax.plot(x, curve["value"], marker="o", ms=3, color=colors[name], linestyle=styles[name], label=name)
         ax.fill_between(x, curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
     ax.set_xscale("log")
     ax.set_xlabel(f"{unit} per problem (k samples)")
@@ -89,38 +115,41 @@ def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("accuracy against sampling compute (training cost not included)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(methods))
     return _save(fig, path)
 
 
 def score_values(run: Run, name: str) -> dict[str, np.ndarray]:
-    """Each method's values of base-model score `name`, one per scored record."""
+    """Each method's values of base-model score `name`, one per scored record (table order)."""
     out = {}
     for method, m in run.methods.items():
-        values = [r["base_scores"].get(name) for r in m.records if isinstance(r.get("base_scores"), dict)]
+        values = [s.get(name) for s in map(m.score_of, m.records) if s is not None]
         values = np.array([v for v in values if v is not None], dtype=float)
         if values.size:
             out[method] = values[np.isfinite(values)]
     return out
 
 
-def plot_histogram(values: dict[str, np.ndarray], xlabel: str, path: Path) -> Path:
-    colors = method_colors(values)
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot_histogram(values: dict[str, np.ndarray], xlabel: str, path: Path, names=None) -> Path:
+    """Step histograms, one per method; `names` (all the run's methods) keeps colours as in the other plots."""
+    names = list(names or values)
+    colors, styles = method_colors(names), method_styles(names)
+    fig, ax = plt.subplots(figsize=(_width(len(values)), 4))
     everything = np.concatenate(list(values.values()))
     low, high = np.quantile(everything, [0.005, 1.0]) if everything.size else (0.0, 1.0)
     if high <= low:
         low, high = low - 0.5, high + 0.5
     bins = np.linspace(low, high, 41)
     for name, v in values.items():
-        ax.hist(np.clip(v, low, high), bins=bins, density=True, histtype="stepfilled", alpha=0.25,
+        fill = 0.25 if len(values) <= 4 else 0.08  # many overlapping fills turn to mud
+        ax.hist(np.clip(v, low, high), bins=bins, density=True, histtype="stepfilled", alpha=fill,
                 color=colors[name])
         ax.hist(np.clip(v, low, high), bins=bins, density=True, histtype="step", linewidth=1.5,
-                color=colors[name], label=f"{name} (mean {v.mean():.3f}, {v.size} samples)")
+                color=colors[name], linestyle=styles[name], label=f"{name} (mean {v.mean():.3f}, {v.size} samples)")
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("density")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(values))
     return _save(fig, path)
 
 
@@ -135,8 +164,11 @@ def plot_diversity(metrics: dict, path: Path) -> Path | None:
               ("embedding cosine distance", ["embedding_distance"], [""]),
               ("Vendi score (embeddings)", ["vendi"], [""])]
     panels = [p for p in panels if any(d.get(k) for d in methods.values() for k in p[1])]
-    colors = method_colors(methods)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.5, 3.6), squeeze=False)
+    colors = method_colors(metrics["methods"])
+    repeated = {n for i, n in enumerate(metrics["methods"]) if i >= 10}  # hatched: their colours repeat
+    many = len(methods) > 4
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + (2.7 if many else 0.5), 3.6),
+                             squeeze=False)
     width = 0.8 / len(methods)
     for ax, (title, keys, labels) in zip(axes[0], panels):
         for j, (name, d) in enumerate(methods.items()):
@@ -144,11 +176,15 @@ def plot_diversity(metrics: dict, path: Path) -> Path | None:
             vals = [d[k]["value"] if d.get(k) else np.nan for k in keys]
             err = np.array([[d[k]["value"] - d[k]["low"], d[k]["high"] - d[k]["value"]] if d.get(k) else [0, 0]
                             for k in keys]).T
-            ax.bar(x, vals, width, yerr=err, color=colors[name], label=name, capsize=2)
+            ax.bar(x, vals, width, yerr=err, color=colors[name], label=name, capsize=2 if not many else 1,
+                   hatch="//" if name in repeated else None)
         ax.set_xticks(np.arange(len(keys)), labels)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].legend(fontsize=8)
+    if many:
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        axes[0][0].legend(fontsize=8)
     m = metrics["settings"]["diversity_samples_per_problem"]
     fig.suptitle(f"diversity across the first {m} samples of each problem (mean over problems)", fontsize=10)
     return _save(fig, path)
@@ -163,7 +199,7 @@ def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     for score, (stem, label) in HISTOGRAMS.items():
         values = score_values(run, score)
         if values:
-            paths[stem] = plot_histogram(values, label, out_dir / f"{stem}.png")
+            paths[stem] = plot_histogram(values, label, out_dir / f"{stem}.png", names=run.methods)
     diversity = plot_diversity(metrics, out_dir / "diversity.png")
     if diversity is not None:
         paths["diversity"] = diversity

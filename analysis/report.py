@@ -1,30 +1,46 @@
 """report.md: the metrics as markdown tables beside the plots, readable with no wandb.
 
     text = render_report(metrics, plot_paths, run_dir)
-    write_text_atomic(run_dir / "report.md", text)
+    common.files.write_text_atomic(run_dir / "report.md", text)
 
 Every table says which records it counts; the "Records used" table names each file,
-its line count and its sha256, and the closing per-problem table gives (correct / n)
-for every problem, so each accuracy can be recomputed by hand from the record lines.
+its line count and its sha256, the "Provenance" section the code, library and grader
+versions the records and this analysis ran under, and the closing per-problem table gives
+(correct / n) for every problem, so each accuracy can be recomputed by hand from the
+record lines.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 PASS_K_COLUMNS = 6  # pass@k columns in the table (powers of two, then the largest k); the plot has all
 
 
 def _f(x, digits: int = 3) -> str:
+    """A table cell: — for a missing number.
+
+    >>> _f(None), _f(3), _f(0.12345), _f(2.0, 1)
+    ('—', '3', '0.123', '2.0')
+    """
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     if isinstance(x, int):
         return str(x)
     return f"{x:.{digits}f}"
+
+
+def _seconds(x) -> str:
+    """Seconds with two decimals below 10 s (a tiny run's 0.04 s is not 0.0), one above.
+
+    >>> _seconds(0.043), _seconds(12.345), _seconds(None)
+    ('0.04', '12.3', '—')
+    """
+    return _f(x, 2 if x is not None and abs(x) < 10 else 1)
 
 
 def _ci(entry: dict | None, digits: int = 3) -> str:
@@ -73,18 +89,28 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     if metrics["warnings"]:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]]
 
-    out += ["", "## Records used", ""]
+    out += ["", "## Records used", "",
+            "Each row is one method instance (*name*; *method* is the sampler that made it). Record files are "
+            "read, never modified; base-model scores live beside them in `scores/<name>.jsonl`.", ""]
     rows = []
     for name, f in metrics["files"].items():
         m = methods[name]
         spp = m["samples_per_problem"]
         n = str(spp["min"]) if spp["min"] == spp["max"] else f"{spp['min']}–{spp['max']}"
-        rows.append([name, f"`{f['path']}`", f"{f['records']} (lines {f['first_line']}–{f['last_line']})",
+        rows.append([name, f.get("method") or name, f"`{f['path']}`",
+                     f"{f['records']} (lines {f['first_line']}–{f['last_line']})",
                      m["problems"], n, f"`{f['model']}`" if f["model"] else "—",
                      "—" if f["temperature"] is None else f"{f['temperature']:g}",
                      f"`{f['sha256'][:12]}`"])
-    out.append(_table(["method", "file", "records", "problems", "samples / problem", "sampled by",
+    out.append(_table(["name", "method", "file", "records", "problems", "samples / problem", "sampled by",
                        "temperature", "sha256"], rows))
+    settings = {name: f["settings"] for name, f in metrics["files"].items() if f.get("settings")}
+    if settings:
+        out += ["", "<details><summary>settings of each method instance (from samples/&lt;name&gt;.config.json)"
+                "</summary>", ""]
+        out += [f"- `{name}`: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+                for name, values in settings.items()]
+        out += ["", "</details>"]
 
     ks = _shown_ks(metrics)
     out += ["", "## Accuracy and pass@k", "",
@@ -140,7 +166,8 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     else:
         models = sorted({x for s in scored.values() for x in s["model"]})
         out.append(f"Every completion, whichever method produced it, scored by one forward pass of the base model "
-                   f"{', '.join(f'`{x}`' for x in models)} (temperature 1) over prompt + completion. "
+                   f"{', '.join(f'`{x}`' for x in models)} (temperature 1) over prompt + completion "
+                   f"(stored in `scores/<name>.jsonl`). "
                    f"Log-likelihood per token = mean of log p(token); confidence = mean over tokens of "
                    f"Σ_v p log p (negative entropy; Karan & Du, Eq. 13); self-certainty = mean over tokens of "
                    f"KL(uniform ‖ p) (Kang et al. 2025). Means are over problems of per-problem means.")
@@ -179,10 +206,16 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
             out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
         out.append(_image(plots, "diversity", "diversity", run_dir))
 
+    sessions_any = any(m["cost"].get("sessions") for m in methods.values())
     out += ["## Compute", "",
             "Summed over the records: tokens sampled (decode steps), tokens run through the model (prefill "
-            "included; power-MH re-proposals counted) and wall-clock seconds, as each record's `cost` reports "
-            "them. Training columns come from `<method>/cost.json` when the study wrote one.", ""]
+            "included; power-MH re-proposals counted) and wall-clock seconds. *wall s, sum of per-record shares* "
+            "adds up each record's `cost.wall_seconds`, its share of the time the sampler measured"
+            + (("; *sampling s, elapsed* is the measured time itself, summed over the sampling sessions in "
+                "`samples/<name>.sessions.jsonl` and, for a session of several processes, over its processes "
+                "(process-seconds, as the shares are; a session killed before it ended logs none, so the "
+                "column says when its sessions wrote fewer records than the file holds)") if sessions_any else "")
+            + ". Training columns come from `<name>/cost.json` when the study wrote one.", ""]
     rows = []
     training_any = any(m["cost"].get("training") for m in methods.values())
     for name, m in methods.items():
@@ -190,25 +223,49 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
         row = [name, c["records"], _f(c["completion_tokens"]["per_sample"], 1),
                _f((c.get("sampled_tokens") or {}).get("total"), 0), _f((c.get("forward_tokens") or {}).get("total"), 0),
                _f((c.get("forward_tokens") or {}).get("per_sample"), 1),
-               _f((c.get("wall_seconds") or {}).get("total"), 1),
-               _f(c.get("acceptance_rate"))]
+               _seconds((c.get("wall_seconds") or {}).get("total"))]
+        if sessions_any:
+            sessions = c.get("sessions")
+            cell = "—"
+            if sessions:
+                cell = f"{_seconds(sessions['elapsed_seconds'])} ({sessions['count']} session" \
+                       f"{'s' if sessions['count'] != 1 else ''}"
+                if sessions.get("processes", 1) > 1:
+                    cell += f", up to {sessions['processes']} processes"
+                if sessions["records_written"] != c["records"]:
+                    cell += f", {sessions['records_written']} of {c['records']} records"
+                cell += ")"
+            row.append(cell)
+        row.append(_f(c.get("acceptance_rate")))
         if training_any:
             t = c.get("training") or {}
             row += [_f(t.get("wall_seconds"), 1), _f(t.get("rollout_tokens"), 0), _f(t.get("optimizer_steps"), 0)]
         rows.append(row)
     header = ["method", "samples", "tokens / completion", "sampled tokens", "forward tokens",
-              "forward tokens / sample", "wall s", "MH acceptance"]
+              "forward tokens / sample", "wall s, sum of per-record shares"]
+    header += ["sampling s, elapsed (sessions)"] if sessions_any else []
+    header += ["MH acceptance"]
     if training_any:
         header += ["training wall s", "training rollout tokens", "optimizer steps"]
     out.append(_table(header, rows))
     out.append(_image(plots, "accuracy_vs_compute", "accuracy against compute", run_dir))
 
+    out += _provenance(metrics)
+
     analysis = metrics.get("analysis")
     if analysis:
+        if analysis.get("scored_now") is None:
+            scoring = "off (`--no-score`); scores already in `scores/` are shown"
+        else:
+            scoring = (f"{analysis['scored_now']} record(s) scored now ({_f(analysis.get('scoring_seconds'), 1)} s), "
+                       f"{analysis.get('scored_before', 0)} reused from `scores/`")
+            if analysis.get("from_records"):
+                scoring += f" (of which {analysis['from_records']} from `base_scores` inside older records)"
+            for name, reason in (analysis.get("reset") or {}).items():
+                scoring += f"; `scores/{name}.jsonl` started afresh ({reason})"
         out += ["## This analysis", "",
-                f"Base-model scoring: {analysis.get('scored_now', 0)} record(s) scored now "
-                f"({_f(analysis.get('scoring_seconds'), 1)} s), {analysis.get('scored_before', 0)} reused from the "
-                f"records. Embeddings: {analysis.get('embeddings', 'off')}. Total {_f(analysis.get('seconds'), 1)} s."]
+                f"Base-model scoring: {scoring}. Embeddings: {analysis.get('embeddings', 'off')}. "
+                f"Total {_f(analysis.get('seconds'), 1)} s."]
 
     per_problem = metrics["per_problem"]
     names = list(per_problem)
@@ -225,15 +282,31 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write a file so that a reader never sees half of it (temp file + os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _code(env: dict | None) -> str:
+    """`sharpen 0.1.0 @ a79a98d4e1 (dirty)` from an environment() dict."""
+    if not env:
+        return "—"
+    text = f"sharpen {env.get('sharpen') or '?'}"
+    if env.get("git_commit"):
+        text += f" @ {env['git_commit'][:10]}" + (" (dirty)" if env.get("git_dirty") else "")
+    return text
+
+
+def _provenance(metrics: dict) -> list[str]:
+    here = metrics.get("environment") or {}
+    libraries = ", ".join(f"{k} {v}" for k, v in (here.get("libraries") or {}).items() if v)
+    out = ["## Provenance", "",
+           f"This analysis ran under {_code(here)}, Python {here.get('python', '?')}"
+           + (f", {libraries}" if libraries else "") + ". Each method's code, grader and model as its "
+           "`samples/<name>.config.json` and `<name>.sessions.jsonl` record them (differences in library "
+           "versions are listed under *Warnings*):", ""]
+    rows = []
+    for name, f in metrics["files"].items():
+        sessions = f.get("sessions") or []
+        codes = list(dict.fromkeys(_code(e) for e in [f.get("environment")] + [s.get("environment") for s in sessions]
+                                   if e))
+        rows.append([name, "; ".join(codes) or "—", len(sessions) if sessions else "—",
+                     f.get("grader_version") or "—",
+                     f"`{f['model_revision']}`" if f.get("model_revision") else "—"])
+    out.append(_table(["name", "code", "sampling sessions", "grader version", "model revision"], rows))
+    return out

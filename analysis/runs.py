@@ -1,48 +1,61 @@
-"""Read a run directory's per-sample records, check them, and write scores back atomically.
+"""Read a run directory: its per-sample records, their configs and sessions, and the stored base-model scores.
 
-    run = load_run("runs/demo")         # run.methods: {"base": MethodRecords, ...}, run.warnings
-    run.methods["base"].by_problem()    # {problem_id: [records sorted by sample_idx]}
-    rewrite_records(run.methods["base"])  # after adding fields: temp file + os.replace
+    run = load_run("runs/demo")           # run.methods: {"base": MethodRecords, ...} in table order, run.warnings
+    m = run.methods["power_mh_a2"]
+    m.kind, m.model                       # "power_mh", the model its config names
+    m.by_problem()                        # {problem_id: [records sorted by sample_idx]}
+    m.scores[record_key(m.records[0])]    # base-model scores, once attach_scores(run, ...) has read them
 
-A run directory holds RUN_DIR/samples/<method>.jsonl (one JSON record per completion)
-and <method>.config.json beside it. Anything that would make a number silently wrong
-raises InputError naming the file, the line and what is accepted: a record without a
-required field, a duplicate (problem_id, sample_idx), records of two configs mixed in
-one file. Milder problems (a torn last line left by a killed writer, uneven sample
-counts) become warnings that the report prints.
+A run directory holds RUN_DIR/samples/<name>.jsonl (one JSON record per completion; <name> is a
+method instance such as `base` or `power_mh_a2`), <name>.config.json beside it (which method and
+settings made them, the environment), <name>.sessions.jsonl (one line per sampling session:
+elapsed time, records written, environment) and RUN_DIR/scores/<name>.jsonl (base-model scores,
+one line per (problem_id, sample_idx), written by analysis.scoring). Nothing here writes: sample
+files are never modified.
+
+Anything that would make a number silently wrong raises InputError naming the file, the line
+and what is accepted: a record without a required field, a duplicate (problem_id, sample_idx),
+records of two configs mixed in one file. Milder problems (a torn last line left by a killed
+writer, uneven sample counts, part files of an unfinished multi-process run) become warnings
+that the report prints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The order methods appear in tables and plots; other names follow alphabetically.
+from common.errors import UsageError
+from common.records import read_records, record_key
+
+# The order of method kinds in tables and plots; other kinds follow alphabetically, instances by name.
 METHOD_ORDER = ("base", "low_temp", "power_mh", "grpo")
 REQUIRED_FIELDS = ("problem_id", "sample_idx", "prompt", "completion", "completion_ids", "correct")
+SCORE_VALUES = ("logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens")
+_PART = re.compile(r"\.part\d+$")
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A run directory or record that cannot be analysed as it is; the message says why."""
 
 
 @dataclass
 class MethodRecords:
-    """All records of one method file, with where they came from."""
+    """All records of one method instance's file, with where they came from."""
 
     name: str
     path: Path
     records: list[dict]
     lines: list[int]  # line number of each record in the file
-    config: dict | None  # <method>.config.json, if present
+    config: dict | None  # <name>.config.json, if present
     sha256: str = ""
-    stat: tuple = ()  # (size, mtime_ns) when read: a rewrite checks nobody appended since
+    sessions: list[dict] = field(default_factory=list)  # <name>.sessions.jsonl, one entry per sampling session
     warnings: list[str] = field(default_factory=list)
+    scores: dict[tuple, dict] = field(default_factory=dict)  # (problem_id, sample_idx) -> base-model scores
 
     def by_problem(self) -> dict[str, list[dict]]:
         """Records grouped by problem id (in first-seen order), each group sorted by sample_idx."""
@@ -51,30 +64,59 @@ class MethodRecords:
             groups.setdefault(str(record["problem_id"]), []).append(record)
         return {pid: sorted(group, key=lambda r: int(r["sample_idx"])) for pid, group in groups.items()}
 
+    def score_of(self, record: dict) -> dict | None:
+        """The base-model scores of one of this method's records (None when it has none)."""
+        return self.scores.get(record_key(record))
+
+    @property
+    def kind(self) -> str:
+        """The method that made the records (`power_mh` for an instance `power_mh_a2`); old configs: the name."""
+        return str((self.config or {}).get("method") or self.name)
+
     @property
     def model(self) -> str | None:
-        """The model that sampled these records, as its config names it."""
-        if not self.config:
-            return None
-        for part in ("config", "identity"):
-            model = (self.config.get(part) or {}).get("model")
+        """The model that sampled these records, as its config names it (new and old config layouts)."""
+        for part in ("run", "config", "identity"):
+            model = ((self.config or {}).get(part) or {}).get("model")
             if model:
                 return str(model)
         return None
 
+    @property
+    def settings(self) -> dict | None:
+        """The method's settings as its config records them (None for old configs)."""
+        settings = (self.config or {}).get("settings")
+        return settings if isinstance(settings, dict) else None
 
-def method_sort_key(name: str):
-    return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
+
+def method_sort_key(kind: str, name: str):
+    """Table order: kinds base, low_temp, power_mh, grpo, then others alphabetically; instances by name.
+
+    Numbers in names compare as numbers, so an alpha sweep reads a2, a4, a8, a16:
+
+    >>> names = [("power_mh", "power_mh_a16"), ("base", "base"), ("power_mh", "power_mh_a2"), ("zeta", "zeta"),
+    ...          ("low_temp", "low_temp")]
+    >>> [n for _, n in sorted(names, key=lambda kn: method_sort_key(*kn))]
+    ['base', 'low_temp', 'power_mh_a2', 'power_mh_a16', 'zeta']
+    """
+    rank = METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER)
+    natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # str, int, str, ... aligned
+    return rank, "" if kind in METHOD_ORDER else kind, natural
+
+
+def record_digest(record: dict) -> str:
+    """A fingerprint of what a score depends on (prompt + completion ids), so stale scores are noticed."""
+    text = json.dumps([record["prompt"], [int(t) for t in record["completion_ids"]]])
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def read_method_file(path: str | Path) -> MethodRecords:
-    """Read and check one <method>.jsonl file."""
+    """Read and check one <name>.jsonl file, its config and its sessions."""
     path = Path(path)
     name = path.name[:-len(".jsonl")]
     raw = path.read_bytes()
     records, lines, warnings = [], [], []
-    text = raw.decode("utf-8")
-    parts = text.split("\n")
+    parts = raw.decode("utf-8").split("\n")
     if parts and parts[-1].strip():
         warnings.append(f"{path.name}: the last line is torn (a writer was killed mid-line); it was left out")
     for number, line in enumerate(parts[:-1], 1):
@@ -103,9 +145,8 @@ def read_method_file(path: str | Path) -> MethodRecords:
             config = json.loads(config_path.read_text())
         except json.JSONDecodeError:
             raise InputError(f"{config_path} is not valid JSON") from None
-    st = path.stat()
-    method = MethodRecords(name, path, records, lines, config, hashlib.sha256(raw).hexdigest(),
-                           (st.st_size, st.st_mtime_ns), warnings)
+    sessions = read_records(path.with_name(f"{name}.sessions.jsonl"))
+    method = MethodRecords(name, path, records, lines, config, hashlib.sha256(raw).hexdigest(), sessions, warnings)
     _check_consistency(method)
     return method
 
@@ -115,7 +156,7 @@ def _check_consistency(method: MethodRecords) -> None:
     path = method.path
     seen: dict[tuple, int] = {}
     for record, line in zip(method.records, method.lines):
-        key = (str(record["problem_id"]), int(record["sample_idx"]))
+        key = record_key(record)
         if key in seen:
             raise InputError(f"{path}:{line} repeats problem {key[0]} sample {key[1]} (first on line "
                              f"{seen[key]}): each (problem_id, sample_idx) may appear once")
@@ -123,8 +164,8 @@ def _check_consistency(method: MethodRecords) -> None:
     names = Counter(str(r["method"]) for r in method.records if "method" in r)
     if len(names) > 1 or (names and method.name not in names):
         found = ", ".join(f"{n} ({c} records)" for n, c in names.most_common())
-        raise InputError(f"{path} holds records of method(s) {found}: a file <method>.jsonl may hold only "
-                         f"records of that method")
+        raise InputError(f"{path} holds records of method(s) {found}: a file <name>.jsonl may hold only "
+                         f"records whose method is <name>")
     temperatures = Counter(r.get("temperature") for r in method.records if r.get("temperature") is not None)
     if len(temperatures) > 1:
         found = ", ".join(f"{t} on {c} lines" for t, c in temperatures.most_common())
@@ -155,45 +196,81 @@ def load_run(run_dir: str | Path) -> Run:
         raise InputError(f"run directory '{run_dir}' does not exist")
     if not samples.is_dir():
         raise InputError(f"'{run_dir}' has no samples/ directory: give a run directory written by "
-                         f"`sharpen sample` (RUN_DIR/samples/<method>.jsonl)")
-    methods, warnings = {}, []
-    for path in sorted(samples.glob("*.jsonl"), key=lambda p: method_sort_key(p.stem)):
+                         f"`sharpen sample` (RUN_DIR/samples/<name>.jsonl)")
+    found, warnings = [], []
+    for path in sorted(samples.glob("*.jsonl")):
+        stem = path.name[:-len(".jsonl")]
+        if stem.endswith(".sessions"):
+            continue  # read with its method file
+        if _PART.search(stem):
+            warnings.append(f"{path.name} is a part file of an unfinished multi-process sampling run: it was "
+                            f"left out (running the sampler again merges it)")
+            continue
         method = read_method_file(path)
         if method.records:
-            methods[method.name] = method
+            found.append(method)
             warnings.extend(method.warnings)
         else:
             warnings.append(f"{path.name} holds no complete record: method {method.name} was left out")
-    if not methods:
-        raise InputError(f"'{samples}' holds no records: expected <method>.jsonl files with one JSON record "
+    if not found:
+        raise InputError(f"'{samples}' holds no records: expected <name>.jsonl files with one JSON record "
                          f"per line")
-    return Run(run_dir, methods, warnings)
+    found.sort(key=lambda m: method_sort_key(m.kind, m.name))
+    return Run(run_dir, {m.name: m for m in found}, warnings)
 
 
-def rewrite_records(method: MethodRecords) -> None:
-    """Write `method.records` back to its file atomically (temp file + os.replace).
+# ---- stored base-model scores ----------------------------------------------------------------
 
-    Refuses when the file changed since it was read (a sampler still appending), so no
-    record is lost; a torn last line is dropped, as the next writer would drop it.
+def scores_path(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / "scores" / f"{name}.jsonl"
+
+
+def same_model(entry: dict, identity: dict | None) -> bool:
+    """Whether scores were made by the model `identity` names (None: any model will do).
+
+    A revision is compared when both sides have one (legacy in-record scores have none).
     """
-    path = method.path
-    st = path.stat()
-    if (st.st_size, st.st_mtime_ns) != method.stat:
-        raise InputError(f"{path} changed while it was being analysed (is a sampler still writing to it?): "
-                         f"run the analysis again once sampling has finished")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, st.st_mode & 0o7777)  # mkstemp makes 0600 files; keep the original mode
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in method.records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    raw = path.read_bytes()
-    st = path.stat()
-    method.sha256, method.stat = hashlib.sha256(raw).hexdigest(), (st.st_size, st.st_mtime_ns)
-    method.lines = list(range(1, len(method.records) + 1))
+    if identity is None:
+        return True
+    if entry.get("model") != identity["model"]:
+        return False
+    old, new = entry.get("model_revision"), identity.get("model_revision")
+    return old is None or new is None or old == new
+
+
+def stale_scores(run_dir: str | Path, method: MethodRecords, identity: dict | None) -> str | None:
+    """Why scores/<name>.jsonl cannot be extended as it is (another model, changed records), or None."""
+    by_key = {record_key(r): r for r in method.records}
+    for entry in read_records(scores_path(run_dir, method.name)):
+        if not same_model(entry, identity):
+            return f"scored by {entry.get('model')} (revision {entry.get('model_revision')})"
+        record = by_key.get(record_key(entry))
+        if record is not None and entry.get("record_digest") != record_digest(record):
+            return f"problem {entry['problem_id']} sample {entry['sample_idx']} was scored for another completion"
+    return None
+
+
+def attach_scores(run: Run, identity: dict | None, *, legacy: bool = True) -> dict:
+    """Fill each method's `scores` from scores/<name>.jsonl, else (`legacy`) from in-record `base_scores`.
+
+    Only scores by the model `identity` names (None: any) and, for the scores files, made for
+    the completion the record holds now. Returns {"from_files": n, "from_records": n}.
+    """
+    counts = {"from_files": 0, "from_records": 0}
+    for method in run.methods.values():
+        by_key = {record_key(r): r for r in method.records}
+        method.scores = {}
+        for entry in read_records(scores_path(run.dir, method.name)):
+            key = record_key(entry)
+            record = by_key.get(key)
+            current = record is not None and entry.get("record_digest") == record_digest(record)
+            if current and same_model(entry, identity):
+                method.scores[key] = {k: entry.get(k) for k in ("model", "model_revision", *SCORE_VALUES)}
+        counts["from_files"] += len(method.scores)
+        for key, record in by_key.items():
+            old = record.get("base_scores")  # written into records by older versions of `sharpen analyze`
+            if legacy and key not in method.scores and isinstance(old, dict) and same_model(old, identity):
+                method.scores[key] = {"model": old.get("model"), "model_revision": None,
+                                      **{k: old.get(k) for k in SCORE_VALUES}}
+                counts["from_records"] += 1
+    return counts

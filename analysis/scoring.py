@@ -1,9 +1,19 @@
-"""Score completions under the base model: log-likelihood, confidence and self-certainty.
+"""Score completions under the base model (log-likelihood, confidence, self-certainty) and store them.
 
     from sampling import load_model
     model, tok = load_model("smollm2-135m")
     scores = score_completions(model, prompt_ids, completion_ids, batch_tokens=4096)
     scores[0]  # {"logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens"}
+
+    info = score_run(run, "smollm2-135m")   # every record of a loaded run, into RUN_DIR/scores/<name>.jsonl
+
+score_run writes one line per (problem_id, sample_idx) to RUN_DIR/scores/<name>.jsonl,
+appended and fsynced as each batch is scored (common.records), tagged with the scoring
+model (its spec, local paths made absolute, and common.provenance.model_revision) and a
+digest of the prompt and completion it scored. A killed scoring resumes where it stopped;
+under `accelerate launch` every process scores a share into its own part file, merged by
+the main process. A scores file made by another model, or for completions that changed,
+is started afresh (scores are derived data; samples/*.jsonl are never touched).
 
 One forward pass over prompt + completion per record, batched with left padding and
 sorted by length so that little is padding. With p_t the base model's next-token
@@ -27,7 +37,13 @@ import time
 
 import torch
 
-SCORE_FIELDS = ("logprob_sum", "logprob_mean", "confidence", "self_certainty")
+from common.errors import UsageError
+from common.files import resolve_local
+from common.processes import Shard
+from common.provenance import model_revision
+from common.records import ShardedRecords, merge_parts, record_key
+
+from .runs import Run, attach_scores, record_digest, scores_path, stale_scores
 
 
 def _forward_logits(model, ids, mask, positions, keep: int):
@@ -56,12 +72,15 @@ def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 @torch.no_grad()
 def score_completions(model, prompts: list[list[int]], completions: list[list[int]], *,
-                      batch_tokens: int = 4096, chunk_tokens: int = 2048,
-                      progress: bool = False) -> list[dict | None]:
+                      batch_tokens: int = 4096, chunk_tokens: int = 2048, progress: bool = False,
+                      on_result=None) -> list[dict | None]:
     """Base-model scores of each completion given its prompt (token id lists); None for an empty one.
 
     batch_tokens bounds rows x padded length per forward pass; chunk_tokens bounds the
     (row, position) pairs turned into float32 log-probs at once: a few chunk_tokens x V x 4 bytes.
+    on_result(i, scores) is called as soon as completion i is scored (empty ones first), so a
+    caller can store each result before the next batch runs. Every id is checked before any
+    forward pass: a bad record raises ValueError before a single result is reported.
     """
     from sampling.generate import left_pad
 
@@ -82,6 +101,10 @@ def score_completions(model, prompts: list[list[int]], completions: list[list[in
 
     results: list[dict | None] = [None] * len(prompts)
     todo = [i for i, c in enumerate(completions) if len(c) > 0]
+    if on_result is not None:
+        for i, completion in enumerate(completions):
+            if not completion:
+                on_result(i, None)
     # The last completion token is only a target, never an input: feed prompt + completion[:-1].
     lengths = {i: len(prompts[i]) + len(completions[i]) - 1 for i in todo}
     batches = _batches([lengths[i] for i in todo], batch_tokens)
@@ -125,8 +148,97 @@ def score_completions(model, prompts: list[list[int]], completions: list[list[in
                           "confidence": float(sums["confidence"][b]) / length,
                           "self_certainty": float(sums["self_certainty"][b]) / length,
                           "num_tokens": length}
+            if on_result is not None:
+                on_result(i, results[i])
         tokens_done += int(mask.sum())
         bar.update(len(rows))
         bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - started, 1e-9):.0f}", refresh=False)
     bar.close()
     return results
+
+
+# ---- stored scores of a run ------------------------------------------------------------------
+
+EMPTY = {"logprob_sum": None, "logprob_mean": None, "confidence": None, "self_certainty": None, "num_tokens": 0}
+
+
+def model_identity(spec: str) -> dict:
+    """How scores name their model: the spec (a local path made absolute) and its revision."""
+    model = resolve_local(spec)
+    return {"model": model, "model_revision": model_revision(model)}
+
+
+def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore: bool = False,
+              batch_tokens: int = 4096, device=None, shard: Shard | None = None, progress: bool = True) -> dict:
+    """Score, under model `spec`, every record of `run` that has no stored score by it; fill `run`'s scores.
+
+    Reuses RUN_DIR/scores/<name>.jsonl lines by the same model (and legacy `base_scores` inside
+    records), starts a file afresh when it holds another model's scores, scores of a completion
+    that has changed since, or `rescore` is set, loads the model only when something is left to
+    score, and appends each new score as its batch finishes. With `spec` None (no model named
+    anywhere) the stored scores of any model are used, and anything unscored is a UsageError.
+    Every process of `shard` must call it; each scores its share.
+    Returns {"model", "model_revision", "scored_now", "scored_before", "from_records", "reset", "scoring_seconds"}.
+    """
+    shard = shard or Shard()
+    if spec is None and model is not None:
+        spec = getattr(model, "name_or_path", None) or None
+    if spec is None:  # no model named anywhere: what is stored will do, whoever scored it
+        counts = attach_scores(run, None, legacy=not rescore)
+        if rescore or any(m.score_of(r) is None for m in run.methods.values() for r in m.records):
+            raise UsageError("no base model to score with (no samples/<name>.config.json names one): "
+                             "pass --base-model, or --no-score to skip likelihood and confidence")
+        return {"model": None, "model_revision": None, "scored_now": 0, "from_records": counts["from_records"],
+                "scored_before": counts["from_files"] + counts["from_records"], "reset": {}, "scoring_seconds": 0.0}
+    identity = model_identity(spec)
+    reset = {}
+    if shard.is_main:
+        for method in run.methods.values():
+            path = scores_path(run.dir, method.name)
+            merge_parts(path)  # parts left by a killed multi-process scoring
+            reason = "--rescore" if rescore and path.exists() else stale_scores(run.dir, method, identity)
+            if reason:
+                reset[method.name] = reason
+                path.unlink(missing_ok=True)
+    shard.wait()
+    files = {name: ShardedRecords(scores_path(run.dir, name), shard) for name in run.methods}
+    counts = attach_scores(run, identity, legacy=not rescore)
+    todo = [(m, r) for m in run.methods.values() for r in sorted(m.records, key=record_key)
+            if record_key(r) not in m.scores]
+    info = {**identity, "scored_now": len(todo), "scored_before": counts["from_files"] + counts["from_records"],
+            "from_records": counts["from_records"], "reset": reset, "scoring_seconds": 0.0}
+    if not todo:
+        return info
+    started = time.time()
+    mine = todo[shard.rank::shard.world_size]
+    if mine:
+        if model is None:
+            from sampling import load_model
+
+            model, tokenizer = load_model(spec, device=device)
+        prompt_ids: dict[str, list[int]] = {}
+        for _, record in mine:
+            if record["prompt"] not in prompt_ids:
+                # As sampling does: the prompt text already holds any special tokens.
+                prompt_ids[record["prompt"]] = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+        writers = {name: files[name].writer() for name in {m.name for m, _ in mine}}
+
+        def store(i: int, scores: dict | None):
+            method, record = mine[i]
+            writers[method.name].write({"problem_id": record["problem_id"], "sample_idx": record["sample_idx"],
+                                        **identity, "record_digest": record_digest(record), **(scores or EMPTY)})
+
+        try:
+            score_completions(model, [prompt_ids[r["prompt"]] for _, r in mine],
+                              [[int(t) for t in r["completion_ids"]] for _, r in mine],
+                              batch_tokens=batch_tokens, progress=progress, on_result=store)
+        except ValueError as err:
+            raise UsageError(f"cannot score the records under '{spec}': {err}") from None
+        finally:
+            for writer in writers.values():
+                writer.close()
+    for records in files.values():
+        records.finish()
+    attach_scores(run, identity, legacy=not rescore)
+    info["scoring_seconds"] = time.time() - started
+    return info

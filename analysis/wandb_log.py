@@ -1,35 +1,23 @@
 """Log an analysis to Weights & Biases: summary metrics, plots, histograms, tables of samples.
 
-    log_to_wandb(metrics, plots, run, mode="offline", project="sharpen", group="study-1", name="analysis")
+    from common.tracking import WandbConfig, start_run
+    wb = start_run(WandbConfig(mode="offline", group="study-1"), name="analysis", job_type="analysis", dir=run_dir)
+    log_to_wandb(wb, metrics, plots, run)   # returns the run's directory; nothing (and no import) for a NullRun
+    wb.finish()
 
-mode "off" returns at once without importing wandb (a disabled wandb costs nothing);
-"auto" uses $WANDB_MODE when set and "offline" otherwise, so nothing leaves the
-machine unless the user asks for "online". Only the main process logs (RANK 0).
-Offline runs land in RUN_DIR/wandb and can be uploaded later with `wandb sync`.
+common.tracking decides the mode and the main process: when wandb is off, or in the other
+processes of a launched group, `wb` is a NullRun and this returns at once without importing
+wandb. Offline runs land in RUN_DIR/wandb and can be uploaded later with `wandb sync`.
 """
 
 from __future__ import annotations
 
-import os
+from common.tracking import is_logging
 
 from .plots import HISTOGRAMS
 from .runs import Run
 
-MODES = ("auto", "offline", "online", "off")
 SAMPLES_PER_METHOD = 64  # rows of the samples table per method: enough to read, small to upload
-
-
-def resolve_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"unknown wandb mode '{mode}': valid modes are {', '.join(MODES)}")
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE", "offline")
-        mode = {"disabled": "off", "dryrun": "offline"}.get(mode, mode)
-    return mode
-
-
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def flatten(metrics: dict) -> dict[str, float]:
@@ -50,9 +38,11 @@ def flatten(metrics: dict) -> dict[str, float]:
         for key, entry in (m.get("diversity") or {}).items():
             if isinstance(entry, dict):
                 out[f"{name}/diversity/{key}"] = entry["value"]
-        for key in ("sampled_tokens", "forward_tokens", "wall_seconds"):
+        for key in ("sampled_tokens", "forward_tokens", "wall_seconds"):  # wall_seconds: sum of per-record shares
             if m["cost"].get(key):
                 out[f"{name}/cost/{key}"] = m["cost"][key]["total"]
+        if m["cost"].get("sessions"):
+            out[f"{name}/cost/sampling_elapsed_seconds"] = m["cost"]["sessions"]["elapsed_seconds"]
         for key, value in (m["cost"].get("training") or {}).items():
             if isinstance(value, (int, float)):
                 out[f"{name}/cost/training_{key}"] = value
@@ -64,46 +54,41 @@ def flatten(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def log_to_wandb(metrics: dict, plots: dict, run: Run, *, mode: str = "auto", project: str = "sharpen",
-                 group: str | None = None, name: str | None = None, entity: str | None = None) -> str | None:
-    """Log everything to one wandb run; return its directory (None when off or not the main process)."""
-    mode = resolve_mode(mode)
-    if mode == "off" or not is_main_process():
+def log_to_wandb(wb, metrics: dict, plots: dict, run: Run) -> str | None:
+    """Log everything to the wandb run `wb` (from common.tracking.start_run); return its directory.
+
+    The caller finishes `wb`. A NullRun (wandb off, or not the main process) returns None at once.
+    """
+    if not is_logging(wb):
         return None
     import wandb
 
-    wb = wandb.init(project=project, entity=entity, group=group, name=name or f"analyze-{run.dir.name}",
-                    job_type="analysis", dir=str(run.dir), mode=mode, reinit="create_new",
-                    config={"run_dir": str(run.dir), **metrics["settings"]})
-    try:
-        wb.summary.update(flatten(metrics))
-        logged = {f"plots/{key}": wandb.Image(str(path)) for key, path in plots.items()}
-        curve = wandb.Table(columns=["method", "k", "pass_at_k", "low", "high"])
-        for method, m in metrics["methods"].items():
-            c = m["pass_at_k"]
-            for row in zip(c["k"], c["value"], c["low"], c["high"]):
-                curve.add_data(method, *row)
-        logged["tables/pass_at_k"] = curve
-        for score in HISTOGRAMS:
-            for method, m in run.methods.items():
-                values = [r["base_scores"].get(score) for r in m.records if isinstance(r.get("base_scores"), dict)]
-                values = [v for v in values if v is not None]
-                if values:
-                    logged[f"histograms/{score}/{method}"] = wandb.Histogram(values, num_bins=64)
-        columns = ["method", "problem_id", "sample_idx", "prompt", "completion", "extracted_answer",
-                   "gold_answer", "correct", "num_tokens", "base_logprob_mean", "base_confidence",
-                   "base_self_certainty"]
+    wb.summary.update(flatten(metrics))
+    logged = {f"plots/{key}": wandb.Image(str(path)) for key, path in plots.items()}
+    curve = wandb.Table(columns=["method", "k", "pass_at_k", "low", "high"])
+    for method, m in metrics["methods"].items():
+        c = m["pass_at_k"]
+        for row in zip(c["k"], c["value"], c["low"], c["high"]):
+            curve.add_data(method, *row)
+    logged["tables/pass_at_k"] = curve
+    for score in HISTOGRAMS:
         for method, m in run.methods.items():
-            table = wandb.Table(columns=columns)
-            for r in m.records[:SAMPLES_PER_METHOD]:
-                s = r.get("base_scores") or {}
-                table.add_data(method, str(r["problem_id"]), int(r["sample_idx"]), r["prompt"], r["completion"],
-                               None if r.get("extracted_answer") is None else str(r["extracted_answer"]),
-                               None if r.get("gold_answer") is None else str(r["gold_answer"]), bool(r["correct"]),
-                               len(r["completion_ids"]), s.get("logprob_mean"), s.get("confidence"),
-                               s.get("self_certainty"))
-            logged[f"samples/{method}"] = table
-        wb.log(logged)
-        return str(wb.dir)
-    finally:
-        wb.finish()
+            values = [s.get(score) for s in map(m.score_of, m.records) if s is not None]
+            values = [v for v in values if v is not None]
+            if values:
+                logged[f"histograms/{score}/{method}"] = wandb.Histogram(values, num_bins=64)
+    columns = ["method", "problem_id", "sample_idx", "prompt", "completion", "extracted_answer",
+               "gold_answer", "correct", "num_tokens", "base_logprob_mean", "base_confidence",
+               "base_self_certainty"]
+    for method, m in run.methods.items():
+        table = wandb.Table(columns=columns)
+        for r in m.records[:SAMPLES_PER_METHOD]:
+            s = m.score_of(r) or {}
+            table.add_data(method, str(r["problem_id"]), int(r["sample_idx"]), r["prompt"], r["completion"],
+                           None if r.get("extracted_answer") is None else str(r["extracted_answer"]),
+                           None if r.get("gold_answer") is None else str(r["gold_answer"]), bool(r["correct"]),
+                           len(r["completion_ids"]), s.get("logprob_mean"), s.get("confidence"),
+                           s.get("self_certainty"))
+        logged[f"samples/{method}"] = table
+    wb.log(logged)
+    return str(wb.dir)

@@ -23,7 +23,7 @@ best wall time (as timeit does), next to every run's own figures.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,15 +37,14 @@ class BenchConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Model spec (checkpoint dir, Hub id, built-in)."})
     task: str = field(default="basic_arithmetic", metadata={"help": "Task whose problems give the prompts."})
     chat: bool = field(default=True, metadata={"help": "Wrap prompts in the chat template."})
-    chains: int = field(default=8, metadata={"help": "Chains (one per prompt)."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Token budget of a completion."})
-    block_size: int = field(default=16, metadata={"help": "Tokens per block."})
-    mcmc_steps: int = field(default=4, metadata={"help": "MH steps per block."})
-    alpha: float = field(default=4.0, metadata={"help": "Power of the target."})
-    stop_on_eos: bool = field(default=True, metadata={"help": "The paper's schedule (stop after an EOS block)."})
+    chains: int = field(default=8, metadata={"help": "Chains (one per prompt; also the batch size)."})
     seed: int = field(default=0, metadata={"help": "Run seed."})
     repeats: int = field(default=1, metadata={"help": "Times to run the whole comparison."})
     threads: int = field(default=1, metadata={"help": "torch CPU threads."})
+
+
+# The benchmark's sizes for the sampler; every sampling.PowerSamplingConfig field is a flag.
+POWER_DEFAULTS = {"max_new_tokens": 64, "block_size": 16, "mcmc_steps": 4}
 
 
 class _CountForwards:
@@ -76,15 +75,13 @@ def _timed(model, fn):
     return out, wall, counter.steps, counter.rows
 
 
-def bench_once(model, prompts, cfg: BenchConfig) -> dict:
-    power_cfg = PowerSamplingConfig(alpha=cfg.alpha, block_size=cfg.block_size, mcmc_steps=cfg.mcmc_steps,
-                                    max_new_tokens=cfg.max_new_tokens, stop_on_eos=cfg.stop_on_eos,
-                                    batch_size=cfg.chains)
+def bench_once(model, prompts, cfg: BenchConfig, power_cfg: PowerSamplingConfig) -> dict:
+    power_cfg = replace(power_cfg, batch_size=cfg.chains, implementation="batched")
     seeds = [derive_seed(cfg.seed, i) for i in range(len(prompts))]
     rows = {}
     batched, *timing = _timed(model, lambda: power_sample(model, prompts, power_cfg, seeds=seeds))
     rows["power_mh batched"] = _row(batched, *timing)
-    reference_cfg = PowerSamplingConfig(**{**power_cfg.__dict__, "implementation": "reference"})
+    reference_cfg = replace(power_cfg, implementation="reference")
     reference, *timing = _timed(model, lambda: power_sample(model, prompts, reference_cfg, seeds=seeds))
     rows["power_mh reference"] = _row(reference, *timing)
     # Plain sampling of the same prompts and budget, repeated until it has sampled as many tokens.
@@ -92,7 +89,7 @@ def bench_once(model, prompts, cfg: BenchConfig) -> dict:
     while sum(r.stats["sampled_tokens"] for r in plain) < target:
         seed = derive_seed(cfg.seed, "plain", round_)
         out, *timing = _timed(model, lambda: sample(model, prompts, temperature=power_cfg.proposal_temperature,
-                                                    max_new_tokens=cfg.max_new_tokens, seed=seed,
+                                                    max_new_tokens=power_cfg.max_new_tokens, seed=seed,
                                                     batch_size=cfg.chains))
         plain, totals, round_ = plain + out, [a + b for a, b in zip(totals, timing)], round_ + 1
     rows["plain sample"] = _row(plain, *totals)
@@ -131,7 +128,9 @@ def format_report(out: dict, cfg: BenchConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .cli import ArgumentParser
 
-    (cfg,) = ArgumentParser(BenchConfig, prog="python -m experiments.bench_power").parse_args_into_dataclasses(argv)
+    parser = ArgumentParser((BenchConfig, PowerSamplingConfig), prog="python -m experiments.bench_power")
+    parser.set_defaults(**POWER_DEFAULTS)
+    cfg, power_cfg = parser.parse_args_into_dataclasses(argv)
     torch.set_num_threads(cfg.threads)
     model, tokenizer = load_model(cfg.model)
     task = get_task(cfg.task)
@@ -139,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [tokenizer(task.prompt(p, tokenizer, chat=cfg.chat), add_special_tokens=False)["input_ids"]
                for p in problems]
     print(f"{cfg.model}: {len(prompts)} chains, prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
-          f"{cfg.max_new_tokens} new tokens, blocks of {cfg.block_size}, {cfg.mcmc_steps} MH steps, alpha {cfg.alpha}, "
-          f"stop_on_eos={cfg.stop_on_eos}, {cfg.threads} thread(s), device {next(model.parameters()).device}")
+          f"{power_cfg.max_new_tokens} new tokens, blocks of {power_cfg.block_size}, {power_cfg.mcmc_steps} MH steps, "
+          f"alpha {power_cfg.alpha}, stop_on_eos={power_cfg.stop_on_eos}, {cfg.threads} thread(s), "
+          f"device {next(model.parameters()).device}")
     runs = []
     for repeat in range(cfg.repeats):
-        runs.append(bench_once(model, prompts, cfg))
+        runs.append(bench_once(model, prompts, cfg, power_cfg))
         print(f"\nrun {repeat + 1}/{cfg.repeats}")
         print(format_report(runs[-1], cfg), flush=True)
     if cfg.repeats > 1:

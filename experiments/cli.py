@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's
 
-    from .errors import UsageError
+    from common.errors import UsageError
 
     try:
         module = importlib.import_module(COMMANDS[command][0])

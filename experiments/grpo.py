@@ -9,18 +9,27 @@
     sharpen grpo --output-dir D --from-checkpoint \\
         stellalisy/rethink_rlvr_reproduce-ground_truth-qwen2.5_math_7b-lr5e-7-kl0.00-step150   # record, no training
 
-Settings come from the run defaults (`rl_baselines.default_grpo_args`: sized for the
-testbed on 2 CPU cores), then the YAML file given with --config (TrlParser style: any
-GRPOConfig field or option below, plus an `env:` mapping), then the command line.
+Settings are merged once, the way trl.TrlParser does it, into GrpoRunArgs (below),
+trl.GRPOConfig and trl.ModelConfig: the run defaults (`rl_baselines.default_grpo_args`,
+sized for the testbed on 2 CPU cores, and `default_model_args`), then the YAML file given
+with --config (any option of `sharpen grpo --help` as a key, plus an `env:` mapping),
+then the flags. LoRA is ModelConfig's: --lora (or --use_peft), --lora_r, --lora_alpha,
+--lora_target_modules (default all-linear), ... and `trl.get_peft_config` builds it.
+A study's `grpo:` section is the same mapping (`check_grpo_settings`, `train_grpo`).
+--rollouts sharpen (the default) samples GRPO's completions with `sampling.sample`
+(rl_baselines.rollouts); --rollouts trl keeps TRL's own model.generate.
+
 The output directory D then holds the trained model (`sharpen sample --model D` and
 `load_model(D)` take it; a LoRA adapter is applied on its base), metrics.json,
-cost.json (wall time, optimizer steps, rollout tokens), grpo_config.json and run.json.
-Running the same command again resumes from the last checkpoint; a finished run is
-not retrained; a directory holding a run with other settings is refused.
+cost.json (wall time, optimizer steps, rollout tokens), grpo_config.json and run.json
+(the settings, the base model's revision and the code and library versions). Running
+the same command again resumes from the last checkpoint; a finished run is not
+retrained; a directory holding a run with other settings or another base model
+revision is refused.
 
-wandb: TRL reports to wandb with completions tables, offline unless WANDB_MODE is set
-or an API key is configured (WANDB_API_KEY or `wandb login`); --wandb-group and
---run-name place the run beside a study's sampling runs.
+wandb: --wandb-mode auto (default: $WANDB_MODE if set, else offline), offline, online or
+off; TRL logs completions tables into the run. --wandb-group, --wandb-project and
+--run-name place it beside a study's sampling runs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,25 +45,39 @@ from pathlib import Path
 
 import yaml
 
-from analysis.report import write_text_atomic
+from common.errors import UsageError
+from common.files import looks_like_path, resolve_local, write_text_atomic
+from common.processes import is_main_process
+from common.provenance import environment, library_differences, model_revision
+from common.tracking import WandbConfig
+from rl_baselines.rollouts import DEFAULT_ROLLOUTS, check_rollouts
 
-from .errors import UsageError
-from .tasks import parse_task_args
+from .tasks import get_task, parse_task_args
 
 RUN_FILE = "run.json"
+RUN_FORMAT = 2  # run.json's layout; 1 (no "format" key) held the settings that differed from TRL's defaults
 RECORD_FILE = "grpo_checkpoint.json"
+LAUNCH_FILE = "grpo_launch.yaml"
+# Set in the processes a relaunch starts: they train, and never relaunch themselves.
+LAUNCHED_ENV = "SHARPEN_GRPO_LAUNCHED"
 # GRPOConfig fields that do not change what is trained: a resumed run may differ in them.
 NOT_IDENTITY = {
-    "output_dir", "logging_dir", "run_name", "report_to", "logging_steps", "logging_strategy", "logging_first_step",
-    "save_steps", "save_strategy", "save_total_limit", "log_completions", "num_completions_to_print",
-    "disable_tqdm", "dataloader_num_workers", "resume_from_checkpoint", "overwrite_output_dir", "log_level",
-    "log_level_replica", "push_to_hub", "hub_model_id", "hub_token", "hub_strategy", "hub_private_repo",
+    "output_dir", "logging_dir", "run_name", "report_to", "project", "trackio_space_id", "trackio_bucket_id",
+    "trackio_static_space_id", "logging_steps", "logging_strategy", "logging_first_step", "log_on_each_node",
+    "log_level", "log_level_replica", "disable_tqdm", "log_completions", "num_completions_to_print",
+    "log_unique_prompts", "log_multimodal", "log_completions_hub_repo", "save_steps", "save_strategy",
+    "save_total_limit", "save_on_each_node", "save_only_model", "enable_jit_checkpoint", "resume_from_checkpoint",
+    "overwrite_output_dir", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "ddp_timeout", "skip_memory_metrics", "push_to_hub", "hub_model_id", "hub_token",
+    "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision",
 }
+# GrpoRunArgs fields a study's grpo section may set; the study sets the others (and output_dir, run_name).
+STUDY_KEYS = ("num_train_problems", "accelerate_config", "keep_checkpoints", "lora", "rollouts")
 
 
 @dataclass
 class GrpoRunArgs:
-    """What to train and how; every trl.GRPOConfig field is a flag beside these (see --help)."""
+    """What to train and where it is logged; every trl.GRPOConfig and trl.ModelConfig field is a flag beside these."""
 
     model: str | None = field(default=None, metadata={
         "help": "Base model: checkpoint directory, Hugging Face id or built-in name (smollm2-135m)."})
@@ -65,20 +89,21 @@ class GrpoRunArgs:
     num_train_problems: int | None = field(default=None, metadata={
         "help": "Use the first N train problems (default: all the task's train split gives)."})
     problem_seed: int = field(default=0, metadata={"help": "Seed the task draws its train problems with."})
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="all-linear", metadata={
-        "help": "Comma-separated module names to adapt (e.g. q_proj,v_proj), or all-linear."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft): the same as --use_peft."})
+    rollouts: str = field(default=DEFAULT_ROLLOUTS, metadata={
+        "help": "Who samples GRPO's completions: sharpen (sampling.sample through TRL's rollout_func: finished rows "
+                "leave the batch, one seed per completion) or trl (TRL's own model.generate)."})
     from_checkpoint: str | None = field(default=None, metadata={
         "help": "Record an existing RL checkpoint (Hub id or path) as this run's model instead of training."})
     accelerate_config: str | None = field(default=None, metadata={
         "help": "Relaunch under `accelerate launch --config_file FILE`, e.g. accelerate_configs/cpu_2proc.yaml."})
-    wandb_group: str | None = field(default=None, metadata={"help": "wandb group (e.g. the study name)."})
-    wandb_project: str = field(default="sharpen", metadata={"help": "wandb project (WANDB_PROJECT wins if set)."})
     keep_checkpoints: bool = field(default=False, metadata={
         "help": "Keep checkpoint-N directories (optimizer state) after a finished run."})
+    wandb_mode: str = field(default="auto", metadata={
+        "help": "auto ($WANDB_MODE if set, else offline), offline, online, or off (wandb is not used)."})
+    wandb_project: str = field(default="sharpen", metadata={"help": "wandb project (WANDB_PROJECT wins if set)."})
+    wandb_entity: str | None = field(default=None, metadata={"help": "wandb entity (team or user)."})
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group (e.g. the study name)."})
 
     def __post_init__(self):
         if self.num_train_problems is not None and self.num_train_problems < 1:
@@ -86,19 +111,214 @@ class GrpoRunArgs:
         if self.from_checkpoint is None and (not self.model or not self.task):
             raise UsageError("give --model and --task (or --from-checkpoint to record an existing RL model)")
         parse_task_args(self.task_args)
-
-    def lora_options(self) -> dict:
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
-                "target_modules": self.lora_target_modules}
+        check_rollouts(self.rollouts)
+        WandbConfig(mode=self.wandb_mode)  # a bad mode is a one-line error here, before any work
 
 
-def wandb_mode() -> str:
-    """WANDB_MODE if set; online when an API key is configured; otherwise offline (never a login prompt)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    configured = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
-    return "online" if configured else "offline"
+@dataclass
+class GrpoSettings:
+    """One run's settings after the merge: the run options, every GRPOConfig field, and a trl.ModelConfig."""
+
+    run: GrpoRunArgs
+    grpo: dict  # GRPOConfig fields; the GRPOConfig itself is built by the training processes
+    model_args: object  # trl.ModelConfig, use_peft already set by --lora
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.grpo["output_dir"])
+
+    @property
+    def wandb(self) -> WandbConfig:
+        run = self.run
+        return WandbConfig(mode=run.wandb_mode, project=run.wandb_project, entity=run.wandb_entity,
+                           group=run.wandb_group)
+
+
+# ---- settings: one merge ---------------------------------------------------------------------
+
+def make_parser(prog: str = "sharpen grpo"):
+    """TrlParser over (GrpoRunArgs, GRPOConfig, ModelConfig) whose defaults are the run defaults."""
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from rl_baselines import default_grpo_args, default_model_args
+
+    from .cli import ArgumentParser
+
+    class Parser(ArgumentParser, TrlParser):
+        pass
+
+    parser = Parser((GrpoRunArgs, GRPOConfig, ModelConfig), prog=prog,
+                    description="GRPO-train a model on a task's train split (TRL GRPOTrainer), or record an "
+                                "existing RL checkpoint. Settings: run defaults, then --config FILE.yaml (any "
+                                "option below as a key), then flags.")
+    parser.set_defaults_with_config(**default_grpo_args(), **default_model_args())
+    return parser
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _settings(parser, argv: list[str]) -> GrpoSettings:
+    """Parse `argv` over the parser's defaults and split the values into the three dataclasses."""
+    from trl import GRPOConfig, ModelConfig
+
+    values = vars(parser.parse_args(argv))
+    run = {k: values[k] for k in _field_names(GrpoRunArgs)}
+    model = {k: values[k] for k in _field_names(ModelConfig)}
+    grpo = {k: values[k] for k in _field_names(GRPOConfig)}
+    model["use_peft"] = bool(model["use_peft"] or run["lora"])
+    run["model"] = run["model"] or model["model_name_or_path"]  # TRL's name for --model
+    run = GrpoRunArgs(**run)
+    if grpo["run_name"] is None and run.task:
+        grpo["run_name"] = f"grpo-{run.task}"
+    try:
+        model_args = ModelConfig(**model)
+    except ValueError as err:
+        raise UsageError(f"invalid model settings: {' '.join(str(err).split())}") from None
+    return GrpoSettings(run, grpo, model_args)
+
+
+def parse_args(argv: list[str]) -> GrpoSettings:
+    """The settings of `sharpen grpo ARGV`: run defaults, then --config YAML, then flags (TrlParser's merge)."""
+    parser = make_parser()
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UsageError("--config needs a YAML file")
+        path = argv[i + 1]
+        del argv[i:i + 2]
+        config = _read_yaml(path)
+        for key, value in (config.pop("env", None) or {}).items():
+            os.environ[key] = str(value)
+        unknown = parser.set_defaults_with_config(**{k.replace("-", "_"): v for k, v in config.items()})
+        if unknown:
+            raise UsageError(f"config file '{path}' has unknown options: {', '.join(unknown[::2])} "
+                             f"(see sharpen grpo --help)")
+    return _settings(parser, argv)
+
+
+def _read_yaml(path: str) -> dict:
+    if not Path(path).is_file():
+        raise UsageError(f"config file '{path}' does not exist")
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file '{path}' is not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"config file '{path}' must hold a YAML mapping of option: value")
+    return config
+
+
+def study_mapping(settings: dict, *, model: str | None, task: str, task_args: dict, chat: bool, problem_seed: int,
+                  output_dir, run_name: str | None = None, wandb: WandbConfig | None = None) -> dict:
+    """A study's grpo section plus what the study sets itself: a `sharpen grpo --config` mapping.
+
+    Unknown keys, and keys the study sets itself, are one-line errors naming `grpo.<key>`.
+    """
+    from trl import GRPOConfig, ModelConfig
+
+    settings = {str(k).replace("-", "_"): v for k, v in (settings or {}).items()}
+    run_fields = _field_names(GrpoRunArgs)
+    known = set(run_fields) | set(_field_names(GRPOConfig)) | set(_field_names(ModelConfig))
+    owned = ({"output_dir", "run_name", "model_name_or_path"} | set(run_fields)) - set(STUDY_KEYS)
+    for key in settings:
+        if key not in known:
+            raise UsageError(f"unknown key 'grpo.{key}' in the study config: valid keys are the fields of GrpoRunArgs, "
+                             f"trl.GRPOConfig and trl.ModelConfig (see `sharpen grpo --help`)")
+        if key in owned:
+            raise UsageError(f"grpo.{key} is set by the study itself (from its model, task, seed, output_dir and "
+                             f"wandb sections): remove it from the grpo section")
+    wandb = wandb or WandbConfig()
+    study = {"model": model, "task": task, "task_args": [f"{k}={json.dumps(v)}" for k, v in (task_args or {}).items()],
+             "chat": chat, "problem_seed": problem_seed, "output_dir": str(output_dir), "run_name": run_name,
+             "wandb_mode": wandb.mode, "wandb_project": wandb.project, "wandb_entity": wandb.entity,
+             "wandb_group": wandb.group}
+    return settings | {k: v for k, v in study.items() if v is not None}
+
+
+def _from_mapping(mapping: dict) -> GrpoSettings:
+    """The settings of `sharpen grpo --config FILE` for a FILE holding `mapping` (study settings).
+
+    The parser reports a mistyped value as `grpo.KEY: ...` rather than exiting.
+    """
+    parser = make_parser(prog="grpo")
+
+    def error(message):  # argparse's "argument --max_steps/--max-steps: invalid int value: 'ten'"
+        raise UsageError(re.sub(r"^argument --(\w+)(/--[\w-]+)?: ", r"grpo.\1: ", message))
+
+    parser.error = error
+    unknown = parser.set_defaults_with_config(**mapping)
+    assert not unknown, unknown  # study_mapping refused them
+    return _settings(parser, [])
+
+
+# ---- checks before any work ------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    task: object
+    problems: list
+    identity: dict
+    model_path: str | None = None  # None: the base model does not exist yet (a study's testbed)
+    base_spec: str | None = None
+    revision: str | None = None
+    tokenizer: object = None
+    dataset: object = None
+
+
+def _prepare(settings: GrpoSettings, processes: int, *, model_known: bool = True) -> _Prepared:
+    """Everything a run needs that a user can get wrong, checked before any training or launching.
+
+    Reads the tokenizer and the model's config, never its weights. Without `model_known`
+    (a base model built later) the checks that need the model are left to training time.
+    """
+    from rl_baselines import check_grpo_args, lora_config
+
+    from sampling.models import resolve_model_path
+
+    run = settings.run
+    if not settings.grpo.get("output_dir"):
+        raise UsageError("give --output-dir (where the trained model, metrics and cost go)")
+    task = get_task(run.task, **parse_task_args(run.task_args))
+    task.check_split("train")
+    prep = _Prepared(task=task, problems=[], identity={})
+    if model_known:
+        model_path = resolve_model_path(run.model)
+        if Path(model_path).expanduser().exists():
+            model_path = resolve_local(model_path)
+        elif looks_like_path(run.model):
+            raise UsageError(f"model '{run.model}' does not exist: give a checkpoint directory, a Hugging Face id, "
+                             f"or a built-in name")
+        prep.model_path, prep.base_spec = model_path, resolve_local(run.model)
+        prep.tokenizer = _tokenizer(model_path, run.model)
+        prep.dataset, prep.problems = build_train_set(task, prep.tokenizer, limit=run.num_train_problems,
+                                                      seed=run.problem_seed, chat=run.chat)
+        lora_config(model_path, settings.model_args)  # checks the target modules (None without use_peft)
+        prep.revision = model_revision(model_path)
+    else:
+        prep.problems = task.load(limit=run.num_train_problems, seed=run.problem_seed, split="train")
+        if not prep.problems:
+            raise UsageError(f"task '{task.name}' gave no train problems")
+    check_grpo_args(settings.grpo, processes, len(prep.problems))
+    check_rollouts(run.rollouts, settings.grpo)
+    prep.identity = identity(settings, prep.base_spec)
+    _check_run(settings.output_dir, prep.identity, prep.revision)
+    return prep
+
+
+def _tokenizer(model_path: str, spec: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UsageError(f"cannot load the tokenizer of model '{spec}' ({reason})") from None
+    tokenizer.padding_side = "left"  # TRL generates batches of prompts, padded on the left
+    _match_sampling_tokenization(tokenizer)
+    return tokenizer
 
 
 def build_train_set(task, tokenizer, *, limit: int | None, seed: int, chat: bool):
@@ -111,62 +331,6 @@ def build_train_set(task, tokenizer, *, limit: int | None, seed: int, chat: bool
         raise UsageError(f"task '{task.name}' gave no train problems")
     prompts = [task.prompt(p, tokenizer, chat=chat) for p in problems]
     return Dataset.from_dict({"prompt": prompts, "problem_index": list(range(len(problems)))}), problems
-
-
-def train_grpo(model: str, task_name: str, task_options: dict | None, output_dir: str | os.PathLike,
-               grpo_overrides: dict | None = None, *, lora: bool = False, lora_options: dict | None = None,
-               chat: bool = False, num_train_problems: int | None = None, problem_seed: int = 0,
-               wandb_group: str | None = None, wandb_name: str | None = None, wandb_project: str = "sharpen",
-               keep_checkpoints: bool = False, accelerate_config: str | None = None) -> Path:
-    """Train (or resume, or find finished) a GRPO run; return the output directory, a model spec for load_model.
-
-    `grpo_overrides` holds GRPOConfig fields over the run defaults. With `accelerate_config`
-    the run is relaunched under `accelerate launch` (e.g. two CPU processes) and this call
-    waits for it.
-    """
-    run = GrpoRunArgs(model=model, task=task_name, chat=chat, num_train_problems=num_train_problems,
-                      problem_seed=problem_seed, lora=lora, wandb_group=wandb_group, wandb_project=wandb_project,
-                      keep_checkpoints=keep_checkpoints,
-                      task_args=[f"{k}={json.dumps(v)}" for k, v in (task_options or {}).items()],
-                      **{f"lora_{k}": v for k, v in (lora_options or {}).items()})
-    grpo = dict(grpo_overrides or {}, output_dir=str(output_dir))
-    if wandb_name is not None:
-        grpo["run_name"] = wandb_name
-    if accelerate_config is not None:
-        _launch(accelerate_config, run, grpo)
-        return Path(output_dir)
-    return _train(run, grpo)
-
-
-def _prepare(run: GrpoRunArgs, grpo: dict) -> dict:
-    """Everything a run needs that a user can get wrong, checked before any training or launching."""
-    from transformers import AutoTokenizer
-
-    from sampling.models import resolve_model_path
-
-    from .tasks import get_task
-
-    task = get_task(run.task, **parse_task_args(run.task_args))
-    task.check_split("train")
-    model_path = resolve_model_path(run.model)
-    local = Path(model_path).expanduser()
-    if local.exists():
-        model_path = str(local.resolve())
-    elif run.model.startswith((".", "/", "~")) or run.model.count("/") > 1:
-        raise UsageError(f"model '{run.model}' does not exist: give a checkpoint directory, a Hugging Face id, "
-                         f"or a built-in name")
-    base_spec = str(Path(run.model).expanduser().resolve()) if Path(run.model).expanduser().exists() else run.model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UsageError(f"cannot load the tokenizer of model '{run.model}' ({reason})") from None
-    tokenizer.padding_side = "left"  # TRL generates batches of prompts, padded on the left
-    _match_sampling_tokenization(tokenizer)
-    dataset, problems = build_train_set(task, tokenizer, limit=run.num_train_problems, seed=run.problem_seed,
-                                        chat=run.chat)
-    return {"task": task, "tokenizer": tokenizer, "dataset": dataset, "problems": problems,
-            "model_path": model_path, "base_spec": base_spec}
 
 
 def _match_sampling_tokenization(tokenizer) -> None:
@@ -191,83 +355,143 @@ def _match_sampling_tokenization(tokenizer) -> None:
               "`sharpen sample`; training and evaluation prompts differ by them", file=sys.stderr)
 
 
-def _train(run: GrpoRunArgs, grpo: dict) -> Path:
-    from accelerate import PartialState
+def identity(settings: GrpoSettings, base_spec: str | None) -> dict:
+    """What shapes the trained model: a resumed run must match it (only keys both sides have are compared).
 
-    from rl_baselines import grade_reward, grpo_config, grpo_train, is_finished, lora_config
-
-    output_dir = Path(grpo["output_dir"])
-    prep = _prepare(run, grpo)
-    grpo.setdefault("run_name", f"grpo-{run.task}")
-    try:
-        args = grpo_config(grpo, output_dir=output_dir, num_prompts=len(prep["problems"]))
-        peft = lora_config(prep["model_path"], **run.lora_options()) if run.lora else None
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    identity = _identity(run, grpo)
-    _check_run(output_dir, identity)
-    if is_finished(output_dir):
-        print(f"grpo: {output_dir} holds a finished run (cost.json); nothing to do")
-        return output_dir
-
-    state = PartialState()
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output_dir / RUN_FILE, json.dumps(
-            {"identity": identity, "model_path": prep["model_path"], "train_problems": len(prep["problems"])},
-            indent=2, default=str))
-    reward = grade_reward(prep["task"].grade, prep["problems"], name="correct")
-    cost = grpo_train(prep["model_path"], prep["tokenizer"], prep["dataset"], reward, args, peft_config=peft,
-                      base_model_spec=prep["base_spec"], wandb_project=run.wandb_project,
-                      wandb_group=run.wandb_group, wandb_mode=wandb_mode(), keep_checkpoints=run.keep_checkpoints)
-    if state.is_main_process:
-        print(f"grpo: {cost['optimizer_steps']} steps in {cost['wall_seconds']:.0f} s "
-              f"({cost['rollout_tokens']} rollout tokens, {cost['processes']} process(es)); model in {output_dir}")
-    return output_dir
+    Every merged GRPOConfig field but NOT_IDENTITY, the task and its train problems, and the
+    ModelConfig (its LoRA fields only with use_peft). `base_spec` None leaves the model out.
+    """
+    run = settings.run
+    run_part = {"model": base_spec, "task": run.task, "task_args": parse_task_args(run.task_args),
+                "chat": run.chat, "num_train_problems": run.num_train_problems, "problem_seed": run.problem_seed,
+                "rollouts": run.rollouts}
+    if base_spec is None:
+        del run_part["model"]
+    model_part = dataclasses.asdict(settings.model_args)
+    model_part.pop("model_name_or_path")
+    if not model_part["use_peft"]:
+        model_part = {k: v for k, v in model_part.items()
+                      if not k.startswith("lora_") and k not in ("use_rslora", "use_dora")}
+    grpo_part = {k: v for k, v in sorted(settings.grpo.items()) if k not in NOT_IDENTITY}
+    return json.loads(json.dumps({"run": run_part, "grpo": grpo_part, "model": model_part}, default=str))
 
 
-def _identity(run: GrpoRunArgs, grpo: dict) -> dict:
-    """The settings that shape the trained model; a resumed run must match them."""
-    from rl_baselines import default_grpo_args
-
-    defaults = _grpo_defaults()
-    values = default_grpo_args() | grpo
-    grpo_identity = {k: v for k, v in sorted(values.items())
-                     if k not in NOT_IDENTITY and k in defaults and v != defaults[k]}
-    keep = dataclasses.asdict(run)
-    for name in ("accelerate_config", "wandb_group", "wandb_project", "keep_checkpoints"):
-        keep.pop(name)
-    keep["task_args"] = parse_task_args(run.task_args)  # kind=trap and kind="trap" are the same run
-    if not run.lora:
-        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
-            keep.pop(name)
-    return json.loads(json.dumps(keep | {"grpo": grpo_identity}, default=str))
-
-
-def _check_run(output_dir: Path, identity: dict) -> None:
+def _check_run(output_dir: Path, mine: dict, revision: str | None) -> None:
+    """Refuse a directory that holds another run, or this run's settings on another base model revision."""
     path = output_dir / RUN_FILE
     if not path.exists():
         if (output_dir / RECORD_FILE).exists():
             raise UsageError(f"{output_dir} records an existing checkpoint (--from-checkpoint): "
                              f"use another --output-dir")
         return
-    saved = json.loads(path.read_text()).get("identity", {})
-    diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-    if "grpo" in diff:
-        a, b = saved.get("grpo", {}), identity["grpo"]
-        diff = [d for d in diff if d != "grpo"] + sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    saved = json.loads(path.read_text())
+    if saved.get("format") != RUN_FORMAT:
+        if (output_dir / "cost.json").exists():
+            return  # a finished run of an older sharpen: reused as it is
+        raise UsageError(f"{output_dir} holds an unfinished GRPO run of an older sharpen version: "
+                         f"use another --output-dir")
+    diff = []
+    for section, values in mine.items():
+        theirs = saved["identity"].get(section, {})
+        diff += [f"{section}.{k}" for k in sorted(set(values) & set(theirs)) if values[k] != theirs[k]]
     if diff:
         raise UsageError(f"{output_dir} holds a GRPO run with other settings ({', '.join(diff)}): "
                          f"use another --output-dir")
+    before = saved.get("base_model_revision")
+    if revision and before and revision != before:
+        raise UsageError(f"{output_dir} holds a GRPO run of another revision of its base model "
+                         f"({before} then, {revision} now): use another --output-dir")
+
+
+def _processes(settings: GrpoSettings) -> int:
+    """How many processes will train: the accelerate config's, or this launch's."""
+    if settings.run.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+        return max(1, int(check_accelerate_config(settings.run.accelerate_config).num_processes or 1))
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_grpo_settings(settings: dict, *, model: str | None, task: str, task_args: dict, chat: bool,
+                        problem_seed: int, output_dir) -> None:
+    """Check a study's grpo section (a `sharpen grpo --config` mapping) before any work; UsageError in one line.
+
+    Unknown keys, batch sizes that do not divide into groups, LoRA targets the model lacks,
+    an accelerate config that does not parse, and a directory holding a run with other
+    settings. Reads the tokenizer and the model's config, never its weights; `model` None
+    (a base model the study builds later) leaves the checks that need it to training time.
+    """
+    mapping = study_mapping(settings, model=model or "(built later)", task=task, task_args=task_args, chat=chat,
+                            problem_seed=problem_seed, output_dir=output_dir)
+    resolved = _from_mapping(mapping)
+    _prepare(resolved, _processes(resolved), model_known=model is not None)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+def train_grpo(settings: dict, *, model: str, task: str, task_args: dict, chat: bool, problem_seed: int, output_dir,
+               wandb: WandbConfig, run_name: str) -> Path:
+    """Train (or resume, or find finished) the GRPO run a study's grpo section describes; return output_dir.
+
+    `settings` is a `sharpen grpo --config` mapping (GRPOConfig and ModelConfig fields, plus
+    num_train_problems, accelerate_config, keep_checkpoints); the other arguments are what
+    the study decides. With accelerate_config the run is relaunched under `accelerate
+    launch` (e.g. two CPU processes) from a YAML file of the same mapping, and this call
+    waits for it.
+    """
+    mapping = study_mapping(settings, model=model, task=task, task_args=task_args, chat=chat,
+                            problem_seed=problem_seed, output_dir=output_dir, run_name=run_name, wandb=wandb)
+    resolved = _from_mapping(mapping)
+    if resolved.run.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+        _launch(resolved, mapping=mapping)
+    else:
+        _train(resolved)
+    return Path(output_dir)
+
+
+def _train(settings: GrpoSettings) -> Path:
+    from rl_baselines import grade_reward, grpo_train, is_finished
+
+    output_dir = settings.output_dir
+    prep = _prepare(settings, _processes(settings))
+    if is_finished(output_dir):
+        if is_main_process():
+            print(f"grpo: {output_dir} holds a finished run (cost.json); nothing to do")
+        return output_dir
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_file(output_dir, prep)
+    reward = grade_reward(prep.task.grade, prep.problems, name="correct")
+    cost = grpo_train(prep.model_path, prep.tokenizer, prep.dataset, reward, dict(settings.grpo),
+                      model_args=settings.model_args, base_model_spec=prep.base_spec,
+                      keep_checkpoints=settings.run.keep_checkpoints, wandb=settings.wandb,
+                      rollouts=settings.run.rollouts)
+    if is_main_process():
+        print(f"grpo: {cost['optimizer_steps']} steps in {cost['wall_seconds']:.0f} s "
+              f"({cost['rollout_tokens']} rollout tokens from {cost['rollouts']} rollouts, "
+              f"{cost['processes']} process(es)); model in {output_dir}")
+    return output_dir
+
+
+def _write_run_file(output_dir: Path, prep: _Prepared) -> None:
+    """run.json: what shapes the run, written when it starts; a resumed session only warns about new versions."""
+    path = output_dir / RUN_FILE
+    env = environment()
+    if path.exists():
+        changed = library_differences(json.loads(path.read_text()).get("environment"), env)
+        if changed:
+            print(f"grpo: warning: resuming under other versions ({'; '.join(changed)})", file=sys.stderr)
+        return
+    write_text_atomic(path, json.dumps(
+        {"format": RUN_FORMAT, "identity": prep.identity, "model_path": prep.model_path,
+         "base_model_revision": prep.revision, "train_problems": len(prep.problems), "environment": env},
+        indent=2))
 
 
 def record_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
     """Record an existing RL model (Hub id or path) as a GRPO run's result; nothing is trained or downloaded."""
     output_dir = Path(output_dir)
-    local = Path(spec).expanduser()
-    if local.exists():
-        spec = str(local.resolve())
-    elif spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if Path(spec).expanduser().exists():
+        spec = resolve_local(spec)
+    elif looks_like_path(spec) or "/" not in spec:
         raise UsageError(f"--from-checkpoint '{spec}' is neither an existing directory nor a Hub id (owner/name)")
     if (output_dir / RUN_FILE).exists():
         raise UsageError(f"{output_dir} holds a trained GRPO run: use another --output-dir")
@@ -286,35 +510,40 @@ def grpo_model_spec(output_dir: str | os.PathLike) -> str:
     return str(output_dir)
 
 
-def _launch(config_file: str, run: GrpoRunArgs, grpo: dict) -> None:
-    """Run this command again under `accelerate launch --config_file config_file`; UsageError if it fails."""
-    from rl_baselines import check_grpo_args, default_grpo_args, is_finished, lora_config
+# ---- the accelerate relaunch -----------------------------------------------------------------
 
+def launch_command(config_file: str, child_args: list[str], port: int | None = None) -> list[str]:
+    """`accelerate launch` of `sharpen grpo CHILD_ARGS`: the child re-runs the same merge of the same settings."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
+    if port is not None:
+        command += ["--main_process_port", str(port)]
+    return command + ["-m", "experiments.cli", "grpo", *child_args]
+
+
+def _launch(settings: GrpoSettings, *, argv: list[str] | None = None, mapping: dict | None = None) -> None:
+    """Check, then run `sharpen grpo` again under `accelerate launch`, given the user's `argv` or a study's `mapping`.
+
+    The children get what the user gave (the flags, or a YAML file of the mapping), never
+    a re-serialised GRPOConfig: its __post_init__ derives fields (generation_batch_size)
+    that it then refuses when they are given beside the ones they come from.
+    """
+    from rl_baselines import is_finished
+
+    config_file = settings.run.accelerate_config
     config = check_accelerate_config(config_file)
     processes = max(1, int(config.num_processes or 1))
-    prep = _prepare(run, grpo)
-    try:
-        check_grpo_args(default_grpo_args() | grpo, processes, len(prep["problems"]))
-        if run.lora:
-            lora_config(prep["model_path"], **run.lora_options())
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    out = Path(grpo["output_dir"])
-    _check_run(out, _identity(run, grpo))
+    _prepare(settings, processes)
+    out = settings.output_dir
     if is_finished(out):
         print(f"grpo: {out} holds a finished run (cost.json); nothing to do")
         return
     out.mkdir(parents=True, exist_ok=True)
-    # The settings travel as a --config YAML, so lists and dicts need no flag syntax.
-    settings = {k: v for k, v in dataclasses.asdict(run).items() if k != "accelerate_config"} | grpo
-    settings = {k: v for k, v in settings.items() if v is not None}
-    launch_yaml = out / "grpo_launch.yaml"
-    launch_yaml.write_text(yaml.safe_dump(json.loads(json.dumps(settings, default=str)), sort_keys=True))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
-    if processes > 1 and not getattr(config, "main_process_port", None):
-        command += ["--main_process_port", str(_free_port())]  # two runs at once must not share a port
-    command += ["-m", "experiments.cli", "grpo", "--config", str(launch_yaml)]
-    done = subprocess.run(command)
+    if mapping is not None:
+        write_text_atomic(out / LAUNCH_FILE, yaml.safe_dump(mapping, sort_keys=True))
+        argv = ["--config", str(out / LAUNCH_FILE)]
+    # Two runs at once must not share a port.
+    port = _free_port() if processes > 1 and not getattr(config, "main_process_port", None) else None
+    done = subprocess.run(launch_command(config_file, list(argv), port), env=os.environ | {LAUNCHED_ENV: "1"})
     if done.returncode != 0:
         raise UsageError(f"accelerate launch with {config_file} failed (exit status {done.returncode}); "
                          f"see the output above")
@@ -342,93 +571,17 @@ def check_accelerate_config(path: str):
     return config
 
 
-def _grpo_defaults() -> dict:
-    """GRPOConfig's own field defaults."""
-    from trl import GRPOConfig
-
-    out = {}
-    for f in dataclasses.fields(GRPOConfig):
-        if f.init:
-            out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    return out
-
-
-def make_parser():
-    """TrlParser over (GrpoRunArgs, GRPOConfig) with the run defaults and one-line errors."""
-    from trl import GRPOConfig, TrlParser
-
-    from rl_baselines import default_grpo_args
-
-    from .cli import ArgumentParser
-
-    class Parser(ArgumentParser, TrlParser):
-        pass
-
-    parser = Parser((GrpoRunArgs, GRPOConfig), prog="sharpen grpo",
-                    description="GRPO-train a model on a task's train split (TRL GRPOTrainer), or record an "
-                                "existing RL checkpoint. Settings: run defaults, then --config FILE.yaml (any "
-                                "option below as a key), then flags.")
-    parser.set_defaults_with_config(**default_grpo_args(), output_dir=None)
-    return parser
-
-
-def parse(argv: list[str]) -> tuple[GrpoRunArgs, dict]:
-    """(run options, GRPOConfig values) from --config YAML and flags, without building the GRPOConfig yet."""
-    from trl import GRPOConfig
-
-    parser = make_parser()
-    argv = list(argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UsageError("--config needs a YAML file")
-        path = argv[i + 1]
-        del argv[i:i + 2]
-        if not Path(path).is_file():
-            raise UsageError(f"config file '{path}' does not exist")
-        try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UsageError(f"config file '{path}' is not valid YAML ({' '.join(str(err).split())[:200]})") from None
-        if not isinstance(config, dict):
-            raise UsageError(f"config file '{path}' must hold a YAML mapping of option: value")
-        for key, value in (config.pop("env", None) or {}).items():
-            os.environ[key] = str(value)
-        config = {k.replace("-", "_"): v for k, v in config.items()}
-        unknown = parser.set_defaults_with_config(**config)
-        if unknown:
-            raise UsageError(f"config file '{path}' has unknown options: {', '.join(unknown[::2])}")
-    namespace, rest = parser.parse_known_args(argv)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    values = vars(namespace)
-    run_fields = {f.name for f in dataclasses.fields(GrpoRunArgs)}
-    grpo_fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
-    run = GrpoRunArgs(**{k: v for k, v in values.items() if k in run_fields})
-    grpo = {k: v for k, v in values.items() if k in grpo_fields}
-    return run, grpo
-
-
 def main(argv: list[str] | None = None) -> int:
-    run, grpo = parse(sys.argv[1:] if argv is None else argv)
-    if not grpo.get("output_dir"):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_args(argv)
+    if not settings.grpo.get("output_dir"):
         raise UsageError("give --output-dir (where the trained model, metrics and cost go)")
-    if run.from_checkpoint is not None:
-        out = record_checkpoint(run.from_checkpoint, grpo["output_dir"])
+    if settings.run.from_checkpoint is not None:
+        out = record_checkpoint(settings.run.from_checkpoint, settings.output_dir)
         print(f"grpo: recorded existing checkpoint {grpo_model_spec(out)} in {out / RECORD_FILE}")
         return 0
-    if run.accelerate_config is not None:
-        _launch(run.accelerate_config, dataclasses.replace(run, accelerate_config=None), _explicit(grpo))
-        return 0
-    _train(run, _explicit(grpo))
+    if settings.run.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+        _launch(settings, argv=argv)
+    else:
+        _train(settings)
     return 0
-
-
-def _explicit(grpo: dict) -> dict:
-    """The GRPOConfig values set by the run defaults, the YAML file or a flag (the parser returns every field)."""
-    from rl_baselines import default_grpo_args
-
-    namespace, _ = make_parser().parse_known_args([])
-    untouched = vars(namespace)
-    run_defaults = default_grpo_args()
-    return {k: v for k, v in grpo.items() if k in run_defaults or k == "output_dir" or v != untouched.get(k)}

@@ -1,156 +1,136 @@
-"""`sharpen sample`: sample a model on a task, grade every completion, append per-sample records.
+"""`sharpen sample`: sample a model on a task with a registered method, grade every completion, append records.
 
     sharpen sample --model smollm2-135m --task basic_arithmetic --method low_temp --chat \\
         --num-problems 24 --num-samples 4 --max-new-tokens 160 --output-dir runs/demo
 
     sharpen sample --model smollm2-135m --task basic_arithmetic --method power_mh --chat \\
-        --alpha 4 --block-size 32 --mcmc-steps 10 --max-new-tokens 160 --output-dir runs/demo
+        --alpha 4 --block-size 32 --mcmc-steps 10 --max-new-tokens 160 --output-dir runs/demo --name power_mh_b32
 
-writes runs/demo/samples/<method>.jsonl (one line per completion, flushed as each
-finishes) and runs/demo/samples/<method>.config.json (the resolved config). Running the
-same command again resumes: finished (problem, sample) pairs are skipped, none is
-written twice. A directory holding records made with a different config is refused.
+    sharpen sample --method power_mh --help      # the flags of one method: its settings dataclass
+
+writes runs/demo/samples/<name>.jsonl (one line per completion, flushed as each finishes; <name>
+defaults to the method), <name>.config.json (method, settings, provenance) and appends one line
+per session to <name>.sessions.jsonl (elapsed time, environment). Running the same command again
+resumes: finished (problem, sample) pairs are skipped, none is written twice. A directory holding
+records made with other settings, another grader version or another model revision is refused.
+The flags of each method come from its settings dataclass in the registry (sampling.methods).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
+import os
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
-from sampling import (
-    PowerSamplingConfig,
-    SampleResult,
-    derive_seed,
-    load_model,
-    power_sample,
-    sample,
-)
+from common.errors import UsageError
+from common.files import resolve_local, write_text_atomic
+from common.processes import Shard
+from common.provenance import environment, model_revision
+from common.records import ShardedRecords, make_output_dir, read_records
+from sampling import SampleResult, derive_seed, get_method, load_model, registered_methods
 from sampling.generate import check_prompts
+from sampling.models import resolve_model_path
 
-from .errors import UsageError
-from .records import RecordWriter, make_output_dir, read_records, record_key
 from .tasks import get_task, parse_task_args
 
-METHODS = ("base", "low_temp", "power_mh", "grpo")
-POWER_FIELDS = ("block_size", "mcmc_steps", "proposal_temperature", "stop_on_eos")  # power_mh only
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 @dataclass
-class SampleRunConfig:
-    """Everything that determines a sampling run's records."""
+class SampleRunArgs:
+    """What to sample and where the records go; the method's own settings are flags beside these."""
 
     model: str = field(metadata={"help": "Checkpoint directory, Hugging Face id, or built-in name (smollm2-135m)."})
     task: str = field(metadata={"help": "Task name: humaneval, math500, basic_arithmetic, reasoning_gym, ..."})
-    output_dir: str = field(metadata={"help": "Run directory; records go to OUTPUT_DIR/samples/<method>.jsonl."})
-    method: Literal["base", "low_temp", "power_mh", "grpo"] = field(
-        default="base", metadata={"help": "base: temperature 1; low_temp: token-level temperature 1/alpha; "
-                                          "power_mh: Metropolis-Hastings chains targeting p(x)^alpha; "
-                                          "grpo: a GRPO-trained --model (sharpen grpo's output) at temperature 1."})
+    output_dir: str = field(metadata={"help": "Run directory; records go to OUTPUT_DIR/samples/<name>.jsonl."})
+    method: str = field(default="base", metadata={
+        "help": "A registered method (base, low_temp, power_mh, grpo, ...); `--method M --help` lists its settings."})
+    name: str | None = field(default=None, metadata={
+        "help": "Name of this method instance: its records go to samples/<name>.jsonl (default: the method)."})
     task_args: list[str] = field(
         default_factory=list, metadata={"help": "Task options as KEY=VALUE, e.g. data_path=MATH500.json."})
-    temperature: float | None = field(
-        default=None, metadata={"help": "Sampling temperature (default: 1 for base, 1/alpha for low_temp)."})
-    alpha: float = field(default=4.0, metadata={"help": "Power of the target p^alpha; low_temp uses 1/alpha."})
-    block_size: int = field(default=192, metadata={"help": "power_mh: tokens added per block before its MH steps."})
-    mcmc_steps: int = field(default=10, metadata={"help": "power_mh: MH steps per block."})
-    proposal_temperature: float | None = field(
-        default=None, metadata={"help": "power_mh: temperature of the proposal (default 1/alpha)."})
-    stop_on_eos: bool = field(
-        default=True, metadata={"help": "power_mh: stop a chain after a block that ended in EOS (the paper); "
-                                        "false targets p^alpha exactly."})
-    top_k: int | None = field(default=None, metadata={"help": "Keep only the k most likely tokens (default: off)."})
-    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1] (default: off)."})
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (default: all)."})
     num_samples: int = field(default=1, metadata={"help": "Completions per problem."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of one completion."})
     seed: int = field(default=0, metadata={"help": "Run seed; each completion's seed derives from (seed, problem, sample)."})
     split: str = field(default="test", metadata={"help": "Task split to sample (test, or train where a task has one)."})
     chat: bool = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (instruct models)."})
-    batch_size: int = field(default=32, metadata={"help": "Completions decoded together."})
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method '{self.method}': valid methods are {', '.join(METHODS)}")
-        for name in ("num_samples", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        try:
+            get_method(self.method)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if self.name is None:
+            self.name = self.method
+        check_instance_name(self.name)
+        if self.num_samples < 1:
+            raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.num_problems is not None and self.num_problems < 1:
             raise UsageError(f"--num-problems must be >= 1, got {self.num_problems}")
-        if not self.alpha > 0:
-            raise UsageError(f"--alpha must be > 0, got {self.alpha}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        if self.method in ("base", "grpo") and self.temperature not in (None, 1.0):
-            raise UsageError(f"method {self.method} samples at temperature 1; use --method low_temp for another "
-                             f"temperature")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.method == "power_mh":
-            if self.temperature is not None:
-                raise UsageError("method power_mh samples proposals at --proposal-temperature (default 1/alpha), "
-                                 "not --temperature")
-            try:
-                self.power_config()
-            except ValueError as err:
-                name, _, rest = str(err).partition(" ")
-                raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
         self.task_options()  # fail early on a malformed KEY=VALUE
-
-    @property
-    def sampling_temperature(self) -> float:
-        if self.method == "power_mh":
-            return self.proposal_temperature if self.proposal_temperature is not None else 1.0 / self.alpha
-        if self.temperature is not None:
-            return self.temperature
-        return 1.0 / self.alpha if self.method == "low_temp" else 1.0
-
-    def power_config(self) -> PowerSamplingConfig:
-        return PowerSamplingConfig(alpha=self.alpha, block_size=self.block_size, mcmc_steps=self.mcmc_steps,
-                                   max_new_tokens=self.max_new_tokens, proposal_temperature=self.proposal_temperature,
-                                   top_k=self.top_k, top_p=self.top_p, stop_on_eos=self.stop_on_eos,
-                                   batch_size=self.batch_size)
 
     def task_options(self) -> dict:
         return parse_task_args(self.task_args)
 
-    def identity(self) -> dict:
-        """The fields that shape each record; records made under other values must not be mixed in."""
-        keep = asdict(self)
-        for name in ("output_dir", "num_problems", "num_samples", "batch_size"):
-            keep.pop(name)
-        keep["temperature"] = self.sampling_temperature
-        for name in POWER_FIELDS:
-            if self.method != "power_mh":
-                keep.pop(name)
-        if self.method == "power_mh":
-            keep["proposal_temperature"] = self.sampling_temperature
-        return keep
+
+def check_instance_name(name: str) -> None:
+    """A method instance's name becomes a file name: letters, digits, _ . - only."""
+    # <name>.jsonl sits beside <name>.config.json, <name>.sessions.jsonl and <name>.partN.jsonl.
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or re.search(r"\.(part\d+|sessions|config)$", name):
+        raise UsageError(f"method instance name {name!r} is not a valid file name: use letters, digits, '_', '.' "
+                         f"and '-' (starting with a letter or digit, at most 100 characters)")
 
 
-def check_run_config(config_path: Path, identity: dict, overwrite: bool = False) -> None:
-    """Refuse to mix records of different configs in one file; save the config on first use."""
-    if config_path.exists() and not overwrite:
-        saved = json.loads(config_path.read_text()).get("identity", {})
-        diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        if diff:
-            raise UsageError(f"{config_path.parent} holds records made with other settings ({', '.join(diff)}): "
-                             f"use another --output-dir")
+def sample_model_spec(spec: str) -> str:
+    """The model a spec stands for: a `sharpen grpo --from-checkpoint` directory names the RL model it records."""
+    from .grpo import grpo_model_spec
+
+    return grpo_model_spec(spec) if Path(spec).is_dir() else spec
 
 
-def make_record(config: SampleRunConfig, task, tokenizer, problem: dict, sample_idx: int, seed: int,
-                prompt: str, result: SampleResult, wall_seconds: float) -> dict:
+def run_identity(args: SampleRunArgs, settings) -> dict:
+    """The fields that shape each record; records made under other values must not be mixed in."""
+    method = get_method(args.method)
+    return {"method": args.method, "model": resolve_local(args.model), "task": args.task,
+            "task_args": args.task_options(), "seed": args.seed, "split": args.split, "chat": args.chat,
+            "temperature": method.temperature(settings),
+            "settings": json.loads(json.dumps(method.identity(settings), default=str))}
+
+
+def _check_saved(config_path: Path, saved: dict, mine: dict) -> None:
+    """Refuse to mix records made under other settings, another grader version or another model revision."""
+    where = config_path.parent
+    for key, what in (("grader_version", "grader"), ("model_revision", "model revision")):
+        if saved.get(key) != mine[key]:
+            raise UsageError(f"{where} holds records made with another {what} ({saved.get(key)} here, "
+                             f"{mine[key]} now): use another --output-dir")
+    a, b = saved.get("identity") or {}, mine["identity"]
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if "settings" in diff:
+        sa, sb = a.get("settings") or {}, b["settings"]
+        diff = [d for d in diff if d != "settings"] + sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
+    if diff:
+        raise UsageError(f"{where} holds records of {mine['name']} made with other settings ({', '.join(diff)}): "
+                         f"use another --output-dir or --name")
+
+
+def make_record(args: SampleRunArgs, method, settings, task, tokenizer, problem: dict, sample_idx: int, seed: int,
+                prompt: str, result: SampleResult) -> dict:
     completion = tokenizer.decode(result.token_ids, skip_special_tokens=True)
     score = float(task.grade(problem, completion))
     logprob_sum = float(sum(result.logprobs))
-    return {
-        "method": config.method,
+    # Every extraction the task offers (strict / flexible), so the report can show where they differ.
+    verdicts = {name: value >= 1.0 for name, value in task.grade_all(problem, completion).items()}
+    record = {
+        "method": args.name,
         "problem_id": problem["id"],
         "sample_idx": sample_idx,
         "seed": seed,
@@ -166,37 +146,46 @@ def make_record(config: SampleRunConfig, task, tokenizer, problem: dict, sample_
         "token_logprobs": [round(x, 6) for x in result.logprobs],
         "base_logprob_sum": logprob_sum,
         "base_logprob_mean": logprob_sum / max(len(result.logprobs), 1),
-        "temperature": config.sampling_temperature,
-        "cost": dict(result.stats, wall_seconds=wall_seconds),
+        "temperature": method.temperature(settings),
+        "cost": dict(result.stats),
     }
+    if verdicts:
+        record["verdicts"] = verdicts
+    return record
 
 
-def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool = True, shard=None) -> Path:
+def run(args: SampleRunArgs, settings=None, *, model=None, tokenizer=None, progress: bool = True,
+        shard: Shard | None = None) -> Path:
     """Sample, grade and record every missing (problem, sample) pair; return the records' path.
 
-    Under `accelerate launch`, pass `shard` (experiments.distributed.current_shard()): each
-    process samples every world_size-th missing pair into its own part file, and the main
-    process merges the parts into <method>.jsonl once all are done. Seeds derive from
-    (seed, problem, sample), so the records do not depend on the number of processes.
+    `settings` is an instance of the method's settings dataclass (default: its defaults). Under
+    `accelerate launch`, pass `shard` (common.processes.current_shard()): each process samples
+    every world_size-th missing pair into its own part file, merged by the main process once all
+    are done. Seeds derive from (seed, problem, sample), so the records do not depend on the
+    number of processes.
     """
-    from .distributed import Shard
-
     shard = shard or Shard()
-    task = get_task(config.task, **config.task_options())
-    problems = task.load(limit=config.num_problems, seed=config.seed, split=config.split)
+    method = get_method(args.method)
+    settings = settings if settings is not None else method.settings()
+    task = get_task(args.task, **args.task_options())
+    task.check_split(args.split)
+    problems = task.load(limit=args.num_problems, seed=args.seed, split=args.split)
     if not problems:
-        raise UsageError(f"task '{config.task}' gave no problems for split '{config.split}'")
-    samples_dir = Path(config.output_dir) / "samples"
-    records_path = samples_dir / f"{config.method}.jsonl"
-    config_path = samples_dir / f"{config.method}.config.json"
-    check_run_config(config_path, config.identity())
+        raise UsageError(f"task '{args.task}' gave no problems for split '{args.split}'")
+    samples_dir = Path(args.output_dir) / "samples"
+    records_path = samples_dir / f"{args.name}.jsonl"
+    config_path = samples_dir / f"{args.name}.config.json"
+    spec = sample_model_spec(args.model)
+    config = {"name": args.name, "method": args.method, "identity": run_identity(args, settings),
+              "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+              "run": dataclasses.asdict(args), "grader_version": task.grader_version,
+              "model_revision": model_revision(resolve_model_path(spec)), "environment": environment()}
+    if config_path.exists():
+        _check_saved(config_path, json.loads(config_path.read_text()), config)
     if model is None:
-        from .grpo import grpo_model_spec
+        model, tokenizer = load_model(spec)
 
-        # A `sharpen grpo --from-checkpoint` directory stands for the RL model it records.
-        model, tokenizer = load_model(grpo_model_spec(config.model) if Path(config.model).is_dir() else config.model)
-
-    prompts = [task.prompt(p, tokenizer, chat=config.chat) for p in problems]
+    prompts = [task.prompt(p, tokenizer, chat=args.chat) for p in problems]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     try:
         check_prompts(model, prompt_ids)
@@ -205,84 +194,73 @@ def run(config: SampleRunConfig, *, model=None, tokenizer=None, progress: bool =
 
     if shard.is_main:
         make_output_dir(samples_dir)
-        config_path.write_text(json.dumps({"identity": config.identity(), "config": asdict(config)}, indent=2))
-        _merge_parts(records_path)  # parts left by a killed multi-process run
+        if not config_path.exists():  # written once, by the first session: later ones only append sessions
+            write_text_atomic(config_path, json.dumps(config, indent=2))
     shard.wait()
-    done = {record_key(r) for r in read_records(records_path)}
-    path = records_path if shard.world_size == 1 else _part_path(records_path, shard.rank)
-    with RecordWriter(path) as writer:
-        todo = [(i, s) for i, p in enumerate(problems) for s in range(config.num_samples)
-                if (str(p["id"]), s) not in done | writer.done]
-        todo = todo[shard.rank::shard.world_size]
-        _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_ids, todo, writer, progress)
-    shard.wait()
-    if shard.is_main:
-        _merge_parts(records_path)
-    shard.wait()
+    records = ShardedRecords(records_path, shard)
+    todo = records.mine([(i, s) for i, p in enumerate(problems) for s in range(args.num_samples)
+                         if (str(p["id"]), s) not in records.done])
+    started, started_utc = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with records.writer() as writer:
+        _sample_and_write(args, method, settings, task, tokenizer, model, problems, prompts, prompt_ids, todo,
+                          writer, progress)
+    if todo:
+        _append_session(samples_dir / f"{args.name}.sessions.jsonl",
+                        {"started_utc": started_utc, "elapsed_seconds": round(time.perf_counter() - started, 3),
+                         "records_written": len(todo), "rank": shard.rank, "world_size": shard.world_size,
+                         "environment": config["environment"]})
+    records.finish()
     return records_path
 
 
-def _part_path(records_path: Path, rank: int) -> Path:
-    return records_path.with_name(f"{records_path.stem}.part{rank}.jsonl")
+def _append_session(path: Path, line: dict) -> None:
+    # One short O_APPEND write per process: concurrent processes' lines do not interleave.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def _merge_parts(records_path: Path) -> None:
-    """Append the records of every part file not yet in the main file, then delete the parts.
-
-    A merge killed half-way leaves its part files; the next merge skips what already landed.
-    """
-    parts = sorted(records_path.parent.glob(f"{records_path.stem}.part*.jsonl"))
-    if not parts:
-        return
-    with RecordWriter(records_path) as writer:
-        for part in parts:
-            for record in read_records(part):
-                if record_key(record) not in writer.done:
-                    writer.write(record)
-    for part in parts:
-        part.unlink()
-
-
-def _sample_and_write(config, task, tokenizer, model, problems, prompts, prompt_ids, todo, writer, progress):
+def _sample_and_write(args, method, settings, task, tokenizer, model, problems, prompts, prompt_ids, todo, writer,
+                      progress):
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), desc=f"{config.method}", unit="sample", disable=not progress, file=sys.stderr)
-    tokens_done, correct_done, started = 0, 0, time.time()
-    proposals_done = accepted_done = finished = 0  # own count: a disabled tqdm does not count
-    power = config.method == "power_mh"
-    # power_sample refills its batch as chains finish, so it takes every pair in one call.
-    chunk_size = max(len(todo), 1) if power else config.batch_size
+    bar = tqdm(total=len(todo), desc=args.name, unit="sample", disable=not progress, file=sys.stderr)
+    tokens_done = correct_done = proposals_done = accepted_done = finished = 0  # a disabled tqdm does not count
+    started = time.time()
+    # A sampler that refills its own batch as completions finish (power-MH) takes every pair in one call.
+    chunk_size = settings.batch_size if method.chunked and hasattr(settings, "batch_size") else max(len(todo), 1)
+    pending = 0.0  # the previous record's bookkeeping time (fsync, progress bar), charged to the next record
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        seeds = [derive_seed(config.seed, str(problems[i]["id"]), s) for i, s in chunk]
-        chunk_started = time.time()
+        seeds = [derive_seed(args.seed, str(problems[i]["id"]), s) for i, s in chunk]
 
         def on_result(row: int, result: SampleResult):
-            nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished
+            nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished, pending
+            graded_from = time.perf_counter()
             i, s = chunk[row]
-            finished += 1
-            # Wall time per completion: the chunk's share (power_mh: the run's so far).
-            wall = (time.time() - chunk_started) / (finished if power else len(chunk))
-            record = make_record(config, task, tokenizer, problems[i], s, seeds[row], prompts[i], result, wall)
+            record = make_record(args, method, settings, task, tokenizer, problems[i], s, seeds[row], prompts[i],
+                                 result)
+            # Its share of the sampler's time plus the time spent grading and writing records: a
+            # method's records add up to its elapsed sampling time.
+            cost = record["cost"]
+            written_from = time.perf_counter()
+            cost["wall_seconds"] = round(cost.get("wall_seconds", 0.0) + written_from - graded_from + pending, 6)
             writer.write(record)
+            finished += 1
             tokens_done += result.stats.get("sampled_tokens", record["num_tokens"])
             correct_done += record["correct"]
             bar.update(1)
             postfix = {"acc": f"{correct_done / finished:.2f}"}
-            if power:
+            if "proposals" in result.stats:
                 proposals_done += result.stats["proposals"]
                 accepted_done += result.stats["accepted"]
                 postfix["mh_accept"] = f"{accepted_done / max(proposals_done, 1):.2f}"
-            postfix["tok_s"] = f"{tokens_done / (time.time() - started):.0f}"
+            postfix["tok_s"] = f"{tokens_done / max(time.time() - started, 1e-9):.0f}"
             bar.set_postfix(postfix, refresh=False)  # a refresh per record floods non-terminal logs
+            pending = time.perf_counter() - written_from
 
-        if power:
-            power_sample(model, [prompt_ids[i] for i, _ in chunk], config.power_config(), seeds=seeds,
-                         on_result=on_result)
-        else:
-            sample(model, [prompt_ids[i] for i, _ in chunk], temperature=config.sampling_temperature,
-                   max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
-                   seeds=seeds, batch_size=config.batch_size, on_result=on_result)
+        method.run(model, [prompt_ids[i] for i, _ in chunk], settings, seeds=seeds, on_result=on_result)
     bar.close()
 
 
@@ -307,19 +285,44 @@ def format_summary(name: str, summary: dict) -> str:
             f" mean {summary['mean_tokens']:.0f} tokens")
 
 
-def make_parser():
+def make_parser(method: str = "base"):
+    """Flags of SampleRunArgs plus those of `method`'s settings dataclass (from the registry)."""
     from .cli import ArgumentParser
 
-    return ArgumentParser(SampleRunConfig, prog="sharpen sample",
-                          description="Sample a model on a task, grade each completion, write per-sample records.")
+    settings = get_method(method).settings
+    return ArgumentParser((SampleRunArgs, settings), prog="sharpen sample",
+                          description="Sample a model on a task with a registered method, grade each completion, "
+                                      "write per-sample records.",
+                          epilog=f"Methods: {', '.join(registered_methods())}. The settings flags shown are those "
+                                 f"of method {method} ({settings.__name__}); `sharpen sample --method M --help` "
+                                 f"shows another method's.")
+
+
+def parse_args(argv: list[str]):
+    """(SampleRunArgs, the method's settings) from the command line; UsageError in one line."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--method", default="base")
+    known, _ = probe.parse_known_args(argv)
+    if known.method not in registered_methods():
+        raise UsageError(f"unknown method '{known.method}': registered methods are {', '.join(registered_methods())}")
+    parser = make_parser(known.method)
+    try:
+        args, settings, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except ValueError as err:  # a settings dataclass refused a value: name the flag
+        name, _, reason = str(err).partition(" ")
+        raise UsageError(f"--{name.replace('_', '-')} {reason}" if reason else str(err)) from None
+    if rest:
+        flags = ", ".join(f"--{f.replace('_', '-')}" for f in get_method(known.method).field_names())
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (method {known.method} takes the settings {flags})")
+    return args, settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import current_shard
+    from common.processes import current_shard
 
-    (config,) = make_parser().parse_args_into_dataclasses(argv)
+    args, settings = parse_args(sys.argv[1:] if argv is None else list(argv))
     shard = current_shard()
-    path = run(config, shard=shard, progress=shard.is_main)
+    path = run(args, settings, shard=shard, progress=shard.is_main)
     if shard.is_main:
-        print(format_summary(f"{config.task} / {config.method}", summarize(read_records(path))))
+        print(format_summary(f"{args.task} / {args.name}", summarize(read_records(path))))
     return 0

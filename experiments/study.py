@@ -1,15 +1,18 @@
-"""`sharpen study`: one base model, one task, four ways to sample it, compared head to head.
+"""`sharpen study`: one base model, one task, several methods (or instances of them), compared head to head.
 
     sharpen study --config testbed                       # the built-in default (experiments/configs/testbed.yaml)
+    sharpen study --config testbed_alpha                 # the alpha ablation: power_mh and low_temp at 1, 2, 4, 8
     sharpen study --config experiments/configs/smollm2_arithmetic.yaml num_problems=16 power_mh.mcmc_steps=2
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m experiments.cli study --config qwen_math500
 
 Stages, each skipped when its output is complete and resumed when it was cut short:
   1. base model   (`model: testbed` builds the testbed, cached; anything else is loaded)
-  2. GRPO         (TRL GRPOTrainer on the task's train split -> RUN_DIR/grpo; or a given RL checkpoint)
-  3. sampling     (base, low_temp, power_mh from the base model; grpo from the GRPO model)
-                  -> RUN_DIR/samples/<method>.jsonl, sharded across accelerate processes
-  4. analysis     (scores under the base model, pass@k, diversity, cost) -> metrics.json, report.md, plots/
+  2. GRPO         (when a method samples the RL model: TRL GRPOTrainer on the task's train split ->
+                  RUN_DIR/grpo; or a given RL checkpoint)
+  3. sampling     (every method instance, from the base model or the GRPO model as its registry entry says)
+                  -> RUN_DIR/samples/<name>.jsonl, sharded across accelerate processes
+  4. analysis     (analysis.analyze: scores under the base model -> RUN_DIR/scores/, pass@k, diversity,
+                  cost) -> metrics.json, report.md, plots/
 A killed study restarted with the same command finishes with every record exactly once.
 Everything a user can get wrong (unknown keys, methods, a model or dataset that cannot be
 loaded here, a directory holding another study) is checked before any work starts.
@@ -22,27 +25,22 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from analysis.report import write_text_atomic
+from common.errors import UsageError
+from common.files import looks_like_path, write_text_atomic
+from common.processes import current_shard
+from common.provenance import environment
+from common.records import make_output_dir, read_records
+from common.tracking import start_run
+from sampling.methods import get_method
 
-from .distributed import current_shard
-from .errors import UsageError
-from .records import make_output_dir
+from .sample import SampleRunArgs, format_summary as format_sampling, run as run_sampling, summarize
 from .study_config import StudyConfig, load_study_config
 from .tasks import get_task
 
 STUDY_FILE = "study.json"
-# Sections that do not change any record: a study may be resumed with other values.
-NOT_IDENTITY = ("output_dir", "wandb", "analysis")
-
-
-def identity(config: StudyConfig) -> dict:
-    data = asdict(config)
-    for name in NOT_IDENTITY:
-        data.pop(name)
-    return json.loads(json.dumps(data))
 
 
 # ---- checks before any work ----------------------------------------------------------------
@@ -63,7 +61,7 @@ def check_model_available(spec: str, what: str = "model") -> None:
         if not ((local / "config.json").exists() or (local / "adapter_config.json").exists()):
             raise UsageError(f"{what} '{spec}' is a directory without a checkpoint (no config.json)")
         return
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    if looks_like_path(spec):
         raise UsageError(f"{what} '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
                          f"testbed, or {', '.join(BUILTIN_MODELS)}")
     from huggingface_hub import try_to_load_from_cache
@@ -83,15 +81,20 @@ def check_model_available(spec: str, what: str = "model") -> None:
 
 
 def preflight(config: StudyConfig) -> None:
+    """Everything a user can get wrong, checked before any stage runs (and before study.json is written)."""
+    from .grpo import check_grpo_settings
+
     task = get_task(config.task, **config.task_args)
     task.check_split(config.split)
-    if "grpo" in config.methods:
+    if config.needs_rl_model:
         if config.grpo.train:
             if "train" not in task.splits:
                 raise UsageError(f"GRPO needs a train split, and task '{config.task}' has only "
                                  f"{', '.join(task.splits)}: drop grpo from methods or give grpo.checkpoint")
-            if config.grpo.accelerate_config and not Path(config.grpo.accelerate_config).is_file():
-                raise UsageError(f"accelerate config '{config.grpo.accelerate_config}' does not exist")
+            # The testbed is built later; its GRPO settings are checked against the task alone.
+            check_grpo_settings(config.grpo.settings, model=None if config.model == "testbed" else config.model,
+                                task=config.task, task_args=config.task_args, chat=config.chat,
+                                problem_seed=config.seed, output_dir=Path(config.output_dir) / "grpo")
         else:
             check_model_available(config.grpo.checkpoint, "grpo.checkpoint")
     check_model_available(config.model)
@@ -105,7 +108,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
         saved = json.loads(saved_path.read_text()).get("identity", {})
-        mine = identity(config)
+        mine = config.identity()
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if diff and not overwrite:
             raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
@@ -117,7 +120,8 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     elif run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
     make_output_dir(run_dir)
-    write_text_atomic(saved_path, json.dumps({"identity": identity(config), "config": asdict(config)}, indent=2))
+    write_text_atomic(saved_path, json.dumps({"identity": config.identity(), "config": asdict(config),
+                                              "environment": environment()}, indent=2, default=str))
     return run_dir
 
 
@@ -137,6 +141,7 @@ def base_model_spec(config: StudyConfig, shard) -> str:
 
 
 def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str:
+    """Train GRPO on the task's train split (or record the given checkpoint); return the RL model's spec."""
     from .grpo import grpo_model_spec, record_checkpoint, train_grpo
 
     out = run_dir / "grpo"
@@ -145,101 +150,72 @@ def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str
             record_checkpoint(config.grpo.checkpoint, out)
         shard.wait()
         return grpo_model_spec(out)
-    overrides = dict(config.grpo.config)
-    if config.wandb.mode == "off":
-        overrides.setdefault("report_to", "none")
-    train_grpo(base_spec, config.task, config.task_args, out, overrides, lora=config.grpo.lora,
-               lora_options={"r": config.grpo.lora_r, "alpha": config.grpo.lora_alpha,
-                             "dropout": config.grpo.lora_dropout, "target_modules": config.grpo.lora_target_modules},
-               chat=config.chat, num_train_problems=config.grpo.num_train_problems, problem_seed=config.seed,
-               wandb_group=config.wandb_group, wandb_name=f"{config.name}-grpo", wandb_project=config.wandb.project,
-               accelerate_config=config.grpo.accelerate_config)
+    train_grpo(config.grpo.settings, model=base_spec, task=config.task, task_args=config.task_args,
+               chat=config.chat, problem_seed=config.seed, output_dir=out, wandb=config.wandb,
+               run_name=f"{config.name}-grpo")
     shard.wait()
     return grpo_model_spec(out)
 
 
-def sample_config(config: StudyConfig, method: str, model_spec: str, run_dir: Path):
-    from .sample import SampleRunConfig
-
-    settings = dict(model=model_spec, task=config.task, output_dir=str(run_dir), method=method,
-                    task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
-                    alpha=config.alpha, num_problems=config.num_problems, num_samples=config.num_samples,
-                    max_new_tokens=config.max_new_tokens, seed=config.seed, split=config.split, chat=config.chat,
-                    batch_size=config.batch_size)
-    if method == "low_temp":
-        settings["temperature"] = config.low_temp.temperature
-    if method == "power_mh":
-        settings.update(asdict(config.power_mh))
-    return SampleRunConfig(**settings)
-
-
-def log_sampling_run(config: StudyConfig, method: str, summary: dict, sample_cfg) -> None:
-    """One wandb run per sampling method, in the study's group (offline unless configured)."""
-    if config.wandb.mode == "off":
-        return
-    import wandb
-
-    run = wandb.init(project=config.wandb.project, entity=config.wandb.entity, group=config.wandb_group,
-                     name=f"{config.name}-{method}", job_type="sample", mode=config.wandb.mode,
-                     dir=str(Path(config.output_dir)), config=asdict(sample_cfg), reinit="finish_previous")
-    run.summary.update({f"sample/{k}": v for k, v in summary.items()})
-    run.finish()
+def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -> SampleRunArgs:
+    return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
+                         name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
+                         num_problems=config.num_problems, num_samples=instance.num_samples, seed=config.seed,
+                         split=config.split, chat=config.chat)
 
 
 def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
     """Run every stage that is not complete; return the analysis metrics (main process) or None."""
+    import analysis
     from sampling import load_model
-
-    from .analyze import analyze, format_summary
-    from .records import read_records
-    from .sample import format_summary as format_sampling, run as run_sampling, summarize
 
     shard = current_shard()
     preflight(config)
     # wandb's banner for each of the study's runs would bury the study's own summary lines.
     os.environ.setdefault("WANDB_SILENT", "true")
-    if config.wandb.mode != "off":
-        os.environ["WANDB_MODE"] = config.wandb.mode  # the study config is where the user chose it
     if shard.is_main:
         run_dir = claim_output_dir(config, overwrite)
     shard.wait()
     run_dir = Path(config.output_dir)
 
     base_spec = base_model_spec(config, shard)
-    model_specs = {m: base_spec for m in config.methods if m != "grpo"}
-    if "grpo" in config.methods:
-        model_specs["grpo"] = grpo_stage(config, base_spec, run_dir, shard)
+    rl_spec = grpo_stage(config, base_spec, run_dir, shard) if config.needs_rl_model else None
 
     base_model = base_tokenizer = None
-    for method in config.methods:
-        spec = model_specs[method]
-        if method == "grpo":
+    for instance in config.instances:
+        method = get_method(instance.method)
+        if method.model == "rl":
+            spec = rl_spec
             model, tokenizer = load_model(spec)
         else:
+            spec = base_spec
             if base_model is None:
                 base_model, base_tokenizer = load_model(spec)
             model, tokenizer = base_model, base_tokenizer
-        cfg = sample_config(config, method, spec, run_dir)
-        path = run_sampling(cfg, model=model, tokenizer=tokenizer, progress=progress and shard.is_main, shard=shard)
+        args = sample_args(config, instance, spec, run_dir)
+        path = run_sampling(args, instance.settings, model=model, tokenizer=tokenizer,
+                            progress=progress and shard.is_main, shard=shard)
         if shard.is_main:
             summary = summarize(read_records(path))
-            print(format_sampling(f"{config.task} / {method}", summary), file=sys.stderr)
-            log_sampling_run(config, method, summary, cfg)
+            print(format_sampling(f"{config.task} / {instance.name}", summary), file=sys.stderr)
+            run = start_run(config.wandb, name=f"{config.name}-{instance.name}", job_type="sample", dir=run_dir,
+                            group=config.wandb_group,
+                            run_config={"method": instance.method, "settings": asdict(instance.settings),
+                                        **asdict(args)})
+            run.summary.update({f"sample/{k}": v for k, v in summary.items()})
+            run.finish()
         del model
 
     if base_model is None:
         base_model, base_tokenizer = load_model(base_spec)
     # Every process scores a share of the completions; the main one writes the report.
-    metrics = analyze(run_dir, base_model=base_spec, model=base_model, tokenizer=base_tokenizer,
-                      progress=progress and shard.is_main, shard=shard,
-                      embeddings=config.analysis.embeddings, confidence=config.analysis.confidence,
-                      bootstrap=config.analysis.bootstrap, batch_tokens=config.analysis.batch_tokens,
-                      wandb=config.wandb.mode,
-                      wandb_project=config.wandb.project, wandb_entity=config.wandb.entity,
-                      wandb_group=config.wandb_group, wandb_name=f"{config.name}-analysis")
+    metrics = analysis.analyze(run_dir, replace(config.analysis, base_model=base_spec),
+                               wandb=replace(config.wandb, group=config.wandb_group),
+                               wandb_name=f"{config.name}-analysis", model=base_model, tokenizer=base_tokenizer,
+                               progress=progress and shard.is_main, shard=shard)
     if not shard.is_main:
         return None
-    print(format_summary(metrics))
+    print(analysis.format_summary(metrics))
     return metrics
 
 

@@ -1,10 +1,23 @@
 """The study config: one YAML file (presets in experiments/configs/), strict, with overrides.
 
     config = load_study_config("experiments/configs/testbed.yaml", ["num_problems=16", "power_mh.mcmc_steps=2"])
+    config.instances    # [MethodInstance(name="base", method="base", settings=BaseSamplingConfig(...)), ...]
 
 Every key is checked: an unknown key anywhere is an error that names the key, where it
 is, and the keys accepted there. Overrides are `dotted.key=value` items (values parsed
 as YAML), applied on top of the file.
+
+`methods:` lists plain method names and named instances of registered methods (sampling.methods):
+
+    methods: [base, low_temp, {name: power_mh_a2, method: power_mh, alpha: 2.0, mcmc_steps: 4}]
+
+Each instance's settings are its method's own settings dataclass, filled (lowest first) from the
+dataclass defaults, the study-level `alpha` / `max_new_tokens` / `batch_size` where the dataclass
+has such a field, the method's section (`power_mh: {block_size: 8}` applies to every power_mh
+instance), then the instance's own keys. An instance may also set its own `num_samples`.
+Sections are the method settings dataclasses themselves, `analysis:` is analysis.AnalysisConfig,
+`wandb:` is common.tracking.WandbConfig, and `grpo:` is a `sharpen grpo --config` mapping
+(GRPOConfig, trl.ModelConfig LoRA and run fields) plus the study's `train` and `checkpoint`.
 """
 
 from __future__ import annotations
@@ -17,9 +30,17 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
+from analysis import AnalysisConfig
+from common.errors import UsageError
+from common.files import resolve_local
+from common.tracking import WandbConfig
+from sampling.methods import get_method, registered_methods
 
-METHODS = ("base", "low_temp", "power_mh", "grpo")
+from .sample import check_instance_name
+
+DEFAULT_METHODS = ("base", "low_temp", "power_mh", "grpo")
+SHARED_SETTINGS = ("alpha", "max_new_tokens", "batch_size")  # study-level keys that instances inherit
+INSTANCE_KEYS = ("name", "method", "num_samples")  # keys of a methods entry that are not settings
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -29,46 +50,22 @@ class TestbedSettings:
 
 
 @dataclass
-class LowTempSettings:
-    temperature: float | None = None  # default 1/alpha
+class GrpoStage:
+    """The study's GRPO stage: train (with `settings`, a `sharpen grpo --config` mapping) or take a checkpoint."""
 
-
-@dataclass
-class PowerMHSettings:
-    block_size: int = 192
-    mcmc_steps: int = 10
-    proposal_temperature: float | None = None  # default 1/alpha
-    stop_on_eos: bool = True  # the paper's schedule; false targets p^alpha exactly
-
-
-@dataclass
-class GrpoSettings:
     train: bool = True  # false: take `checkpoint` (an existing RL model) instead of training
     checkpoint: str | None = None  # Hub id or path of an RL checkpoint (with train: false)
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
-    num_train_problems: int | None = None
-    accelerate_config: str | None = None  # relaunch GRPO alone under `accelerate launch --config_file`
-    config: dict = field(default_factory=dict)  # trl.GRPOConfig fields over the run defaults
+    settings: dict = field(default_factory=dict)  # every other key of the grpo: section
 
 
 @dataclass
-class AnalysisSettings:
-    embeddings: str = "auto"  # auto | on | off
-    confidence: float = 0.95
-    bootstrap: int = 2000
-    batch_tokens: int = 8192
+class MethodInstance:
+    """One named instance of a registered method, with its resolved settings."""
 
-
-@dataclass
-class WandbSettings:
-    mode: str = "offline"  # offline | online | off
-    project: str = "sharpen"
-    entity: str | None = None
-    group: str | None = None  # default: the study name
+    name: str
+    method: str
+    settings: typing.Any
+    num_samples: int
 
 
 @dataclass
@@ -78,7 +75,7 @@ class StudyConfig:
     task: str
     output_dir: str | None = None  # default runs/<name>
     task_args: dict = field(default_factory=dict)
-    methods: list = field(default_factory=lambda: list(METHODS))
+    methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     chat: bool = False
     split: str = "test"
     num_problems: int | None = None
@@ -88,19 +85,13 @@ class StudyConfig:
     batch_size: int = 32
     alpha: float = 4.0
     testbed: TestbedSettings = field(default_factory=TestbedSettings)
-    low_temp: LowTempSettings = field(default_factory=LowTempSettings)
-    power_mh: PowerMHSettings = field(default_factory=PowerMHSettings)
-    grpo: GrpoSettings = field(default_factory=GrpoSettings)
-    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
-    wandb: WandbSettings = field(default_factory=WandbSettings)
+    grpo: GrpoStage = field(default_factory=GrpoStage)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sections: dict = field(default_factory=dict)  # method name -> settings given in its section (not a YAML key)
+    instances: list = field(init=False)  # MethodInstance per methods entry, resolved from the above
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise UsageError(f"unknown method(s) {', '.join(map(str, unknown)) or '(none given)'} in methods: "
-                             f"valid methods are {', '.join(METHODS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise UsageError(f"methods lists a method twice: {self.methods}")
         for name in ("num_samples", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -108,40 +99,107 @@ class StudyConfig:
             raise UsageError(f"num_problems must be >= 1, got {self.num_problems}")
         if not self.alpha > 0:
             raise UsageError(f"alpha must be > 0, got {self.alpha}")
-        if self.wandb.mode not in ("offline", "online", "off"):
-            raise UsageError(f"wandb.mode must be offline, online or off, got '{self.wandb.mode}'")
-        if "grpo" in self.methods and not self.grpo.train and not self.grpo.checkpoint:
-            raise UsageError("grpo.train is false but grpo.checkpoint is not set: give an RL checkpoint or train")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
+        self.instances = [self._instance(entry, i) for i, entry in enumerate(self.methods)]
+        if not self.instances:
+            raise UsageError(f"methods is empty: list at least one of {', '.join(registered_methods())}")
+        names = [inst.name for inst in self.instances]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UsageError(f"methods names the instance(s) {', '.join(twice)} twice: give each a distinct name")
+        if self.needs_rl_model and not self.grpo.train and not self.grpo.checkpoint:
+            raise UsageError("grpo.train is false but grpo.checkpoint is not set: give an RL checkpoint or train")
+
+    def _instance(self, entry, index: int) -> MethodInstance:
+        where = f"methods[{index}]"
+        if isinstance(entry, str):
+            entry = {"method": entry}
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where} must be a method name or a mapping with name and method, got {entry!r}")
+        entry = dict(entry)
+        kind = entry.pop("method", None)
+        if kind is None:
+            raise UsageError(f"{where} has no 'method': name one of {', '.join(registered_methods())}")
+        try:
+            method = get_method(kind)
+        except ValueError as err:
+            raise UsageError(f"{where}: {err}") from None
+        name = entry.pop("name", kind)
+        check_instance_name(name)
+        num_samples = entry.pop("num_samples", self.num_samples)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise UsageError(f"{where}.num_samples must be an integer >= 1, got {num_samples!r}")
+        accepted = method.field_names()
+        unknown = [k for k in entry if k not in accepted]
+        if unknown:
+            raise UsageError(f"unknown key '{unknown[0]}' in {where} ({name}): method {kind} accepts "
+                             f"{', '.join(INSTANCE_KEYS + tuple(accepted))}")
+        values = {k: getattr(self, k) for k in SHARED_SETTINGS if k in accepted}
+        values |= self.sections.get(kind, {})
+        values |= {k: _check_type(v, _hints(method.settings)[k], f"{where}.{k}") for k, v in entry.items()}
+        try:
+            settings = method.settings(**values)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{where} ({name}): {err}") from None
+        return MethodInstance(name, kind, settings, num_samples)
+
+    @property
+    def needs_rl_model(self) -> bool:
+        return any(get_method(inst.method).model == "rl" for inst in self.instances)
 
     @property
     def wandb_group(self) -> str:
         return self.wandb.group or self.name
 
+    def identity(self) -> dict:
+        """The settings that shape the study's records and models (not where it writes or how it reports)."""
+        data = dataclasses.asdict(self)
+        for name in ("output_dir", "wandb", "analysis", "methods", "sections"):
+            data.pop(name)
+        for inst in data["instances"]:  # cost-only fields (batch sizes) change no record
+            method = get_method(inst["method"])
+            inst["settings"] = {k: v for k, v in inst["settings"].items() if k not in method.not_identity}
+        data.pop("batch_size")
+        data["model"] = resolve_local(self.model)  # the same study from any working directory
+        return yaml.safe_load(yaml.safe_dump(data, sort_keys=True))
 
-def _build(cls, data, where: str):
-    """Instantiate dataclass `cls` from a dict, refusing unknown keys and mistyped values."""
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, data, where: str, **extra):
+    """Instantiate dataclass `cls` from a dict (plus `extra` keyword arguments), refusing unknown keys and
+    mistyped values."""
     if not isinstance(data, dict):
         raise UsageError(f"{where or 'the config'} must be a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("sections", "instances")]
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
+            extra = f", or a method section ({', '.join(registered_methods())})" if not where else ""
             raise UsageError(f"unknown key '{path}' in the study config: valid keys{' in ' + where if where else ''} "
-                             f"are {', '.join(names)}")
+                             f"are {', '.join(names)}{extra}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if hint is GrpoStage:
+            kwargs[key] = _grpo_stage(value)
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, path)
         else:
             kwargs[key] = _check_type(value, hint, path)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and f.init
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise UsageError(f"the study config lacks {', '.join((where + '.' if where else '') + m for m in missing)}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs, **extra)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{where or 'the study config'}: {err}") from None
 
 
 def _check_type(value, hint, path: str):
@@ -149,7 +207,13 @@ def _check_type(value, hint, path: str):
     if value is None and type(None) in allowed:
         return None
     for kind in allowed:
+        if typing.get_origin(kind) is typing.Literal:
+            if value in typing.get_args(kind):
+                return value
+            continue
         kind = typing.get_origin(kind) or kind
+        if kind is typing.Any:
+            return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -158,9 +222,44 @@ def _check_type(value, hint, path: str):
             return value
         if kind is str and isinstance(value, bool) and bool not in allowed:
             return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
-    names = " or ".join("null" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
-                        for k in allowed)
+    names = " or ".join("null" if k is type(None) else
+                        " | ".join(map(str, typing.get_args(k))) if typing.get_origin(k) is typing.Literal else
+                        getattr(typing.get_origin(k) or k, "__name__", str(k)) for k in allowed)
     raise UsageError(f"{path} must be {names}, got {value!r}")
+
+
+def _sections(data: dict) -> dict:
+    """Pop the method sections (keys named after registered methods) and check their keys."""
+    sections = {}
+    own = {f.name for f in dataclasses.fields(StudyConfig)}
+    for kind in registered_methods():
+        # `grpo:` is the GRPO stage's section; the grpo method's settings go in a methods entry.
+        if kind not in data or kind in own:
+            continue
+        section = data.pop(kind) or {}
+        if not isinstance(section, dict):
+            raise UsageError(f"{kind} must be a mapping of settings, got {section!r}")
+        method = get_method(kind)
+        hints = _hints(method.settings)
+        accepted = method.field_names()
+        for key, value in section.items():
+            if key not in accepted:
+                raise UsageError(f"unknown key '{kind}.{key}' in the study config: method {kind} accepts "
+                                 f"{', '.join(accepted)}")
+            section[key] = _check_type(value, hints[key], f"{kind}.{key}")
+        sections[kind] = section
+    return sections
+
+
+def _grpo_stage(section) -> GrpoStage:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise UsageError(f"grpo must be a mapping, got {section!r}")
+    section = dict(section)
+    train = _check_type(section.pop("train", True), bool, "grpo.train")
+    checkpoint = _check_type(section.pop("checkpoint", None), str | None, "grpo.checkpoint")
+    return GrpoStage(train=train, checkpoint=checkpoint, settings=section)
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -197,8 +296,5 @@ def load_study_config(path: str, overrides: list[str] | tuple = ()) -> StudyConf
         raise UsageError(f"config '{file}' must be a YAML mapping")
     for item in overrides:
         apply_override(data, item)
-    return _build(StudyConfig, data, "")
-
-
-def config_to_dict(config: StudyConfig) -> dict:
-    return dataclasses.asdict(config)
+    sections = _sections(data)
+    return _build(StudyConfig, data, "", sections=sections)

@@ -1,14 +1,22 @@
-"""GRPO baseline through TRL: `grpo_train` trains with TRL's GRPOTrainer, `grade_reward` adapts a task grader.
+"""GRPO baseline through TRL: `grpo_train` is the whole stage in one call, `grade_reward` adapts a task grader.
 
-    from rl_baselines import grpo_config, grpo_train, grade_reward, lora_config
+    from rl_baselines import default_grpo_args, grpo_train, grade_reward
+    cost = grpo_train(model_path, tokenizer, dataset, grade_reward(task.grade, problems), {"output_dir": "runs/x"})
+
+GRPO's completions come from `sampling.sample` (rl_baselines.rollouts, TRL's rollout_func
+hook) unless `rollouts="trl"` asks for TRL's own model.generate.
 
 This package knows nothing of tasks or the CLI: `experiments/grpo.py` builds the
-dataset and the reward from a task and hands them here.
+dataset and the reward from a task, merges the settings, and hands them here.
+
+    python -m pytest --doctest-modules rl_baselines   # the docstring examples
 """
 
-from .grpo import (check_grpo_args, default_grpo_args, grpo_config, grpo_train, is_finished, last_checkpoint,
-                   lora_config)
+from .grpo import (DEFAULT_LORA_TARGETS, check_grpo_args, default_grpo_args, default_model_args, grpo_config,
+                   grpo_train, is_finished, last_checkpoint, lora_config, lora_targets)
 from .rewards import completion_text, grade_reward
+from .rollouts import DEFAULT_ROLLOUTS, ROLLOUT_KINDS, check_rollouts, sharpen_rollouts
 
-__all__ = ["check_grpo_args", "completion_text", "default_grpo_args", "grade_reward", "grpo_config", "grpo_train",
-           "is_finished", "last_checkpoint", "lora_config"]
+__all__ = ["DEFAULT_LORA_TARGETS", "DEFAULT_ROLLOUTS", "ROLLOUT_KINDS", "check_grpo_args", "check_rollouts",
+           "completion_text", "default_grpo_args", "default_model_args", "grade_reward", "grpo_config", "grpo_train",
+           "is_finished", "last_checkpoint", "lora_config", "lora_targets", "sharpen_rollouts"]

@@ -1,21 +1,30 @@
 """GRPO through TRL's GRPOTrainer: run defaults, up-front checks, resumable training, cost accounting.
 
-    from rl_baselines import grpo_config, grpo_train
-    args = grpo_config({"max_steps": 40, "learning_rate": 2e-5}, output_dir="runs/x/grpo")
-    cost = grpo_train("runs/testbed/model", tokenizer, dataset, [reward], args)
+    from rl_baselines import grpo_train
+    cost = grpo_train("runs/testbed/model", tokenizer, dataset, [reward],
+                      {"max_steps": 40, "output_dir": "runs/x/grpo"},     # GRPOConfig fields over the run defaults
+                      model_args=trl.ModelConfig(use_peft=True, lora_r=8),  # optional: dtype, LoRA (get_peft_config)
+                      wandb=WandbConfig(mode="offline", group="study-x"),
+                      rollouts="sharpen")  # or "trl": TRL's own model.generate
 
-`grpo_train` leaves in `args.output_dir`:
+`grpo_train` is the whole stage in one call: the settings (a GRPOConfig, or a dict over
+`default_grpo_args()`) are checked, the trainer is built the way TRL's own `trl grpo`
+script builds it from a trl.ModelConfig, training resumes from the last checkpoint, and
+it leaves in `args.output_dir`:
   - the trained model (config + weights + tokenizer), or a LoRA adapter whose
     adapter_config.json names its base model, so `sampling.load_model(output_dir)` works;
   - metrics.json: TRL's per-step log history (reward, reward_std, kl, completion lengths, ...);
   - cost.json: wall_seconds (trainer set-up to saved model, summed over resumed sessions),
     optimizer_steps, rollout_tokens (completion tokens sampled), rollout_completions,
     trained_tokens (prompt + completion tokens of the rollouts, each trained on
-    num_iterations times), processes and device: the compute to set against power sampling;
+    num_iterations times), rollouts (who sampled them: sharpen or trl), processes and device:
+    the compute to set against power sampling;
   - grpo_config.json: the full GRPOConfig the run used.
 It checkpoints to output_dir/checkpoint-N while it runs and resumes from the last one
 when called again; once cost.json exists the run is finished and is not retrained.
-Under `accelerate launch` every process calls it; only the main process writes files.
+Under `accelerate launch` every process calls it; only the main process writes files
+and logs to wandb (common.tracking: the run id is kept in output_dir/wandb_run_id, so a
+resumed run continues its wandb run).
 """
 
 from __future__ import annotations
@@ -26,15 +35,25 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from common.errors import UsageError
+from common.files import write_text_atomic
+from common.tracking import WandbConfig, start_run
+
+from .rollouts import DEFAULT_ROLLOUTS, check_rollouts, sharpen_rollouts
+
 COST_FILE = "cost.json"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "grpo_config.json"
+WANDB_ID_FILE = "wandb_run_id"
 CHECKPOINT_COST_FILE = "sharpen_cost.json"  # running cost totals saved inside each checkpoint
+# LoRA's target modules unless the caller names others: every linear layer, as in the LoRA defaults of most recipes.
+DEFAULT_LORA_TARGETS = "all-linear"
 
 
 def default_grpo_args(cuda: bool | None = None) -> dict:
@@ -45,6 +64,10 @@ def default_grpo_args(cuda: bool | None = None) -> dict:
     slow). A YAML preset or command-line flags change them for other models: TRL's own
     defaults (learning rate 1e-6, 512 completion tokens, bf16, gradient checkpointing)
     suit 7B models on GPUs (see experiments/configs/grpo_gpu.yaml).
+
+    >>> args = default_grpo_args(cuda=False)
+    >>> args["use_cpu"], args["learning_rate"], args["num_generations"], args["per_device_train_batch_size"]
+    (True, 0.0003, 8, 16)
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
@@ -67,7 +90,7 @@ def default_grpo_args(cuda: bool | None = None) -> dict:
         "logging_steps": 5,  # each log also prints and saves a completions table
         "save_steps": 0.1,  # a ratio of max_steps: ten checkpoints per run, whatever its length
         "save_total_limit": 1,
-        "report_to": ["wandb"],
+        "report_to": ["wandb"],  # dropped when wandb is off (grpo_train's `wandb`)
         "log_completions": True,
         "num_completions_to_print": 2,
         "seed": 0,
@@ -75,28 +98,47 @@ def default_grpo_args(cuda: bool | None = None) -> dict:
     }
 
 
+def default_model_args() -> dict:
+    """trl.ModelConfig values this project uses unless the caller overrides them (TRL's own otherwise).
+
+    >>> default_model_args()
+    {'lora_target_modules': 'all-linear'}
+    """
+    return {"lora_target_modules": DEFAULT_LORA_TARGETS}
+
+
 def check_grpo_args(args: dict, num_processes: int, num_prompts: int | None = None) -> None:
-    """Reject batch settings that TRL would reject cryptically (or that silently break groups); one-line ValueError.
+    """Reject batch settings that TRL would reject cryptically (or that silently break groups); one-line UsageError.
 
     A generation round samples `generation_batch_size` completions, `num_generations` per
     prompt, split over the processes: per_device_train_batch_size x processes x
-    steps_per_generation (which defaults to gradient_accumulation_steps).
+    steps_per_generation (which defaults to gradient_accumulation_steps). `args` holds
+    GRPOConfig fields (missing ones take TRL's defaults), so it can be checked for another
+    number of processes than this one's, before `accelerate launch` starts them.
+
+    >>> check_grpo_args({"num_generations": 8, "per_device_train_batch_size": 4}, num_processes=2)
+    >>> check_grpo_args({"num_generations": 8, "per_device_train_batch_size": 4}, num_processes=1)
+    Traceback (most recent call last):
+    ...
+    common.errors.UsageError: per_device_train_batch_size (4) x processes (1) x gradient_accumulation_steps (1) = 4 \
+completions per generation round must be a multiple of num_generations (8): change one of them (num_generations \
+dividing 4: 2, 4)
     """
     g = int(args.get("num_generations") or 8)
     if g < 2:
-        raise ValueError(f"num_generations must be >= 2 (GRPO compares completions within a prompt's group), got {g}")
+        raise UsageError(f"num_generations must be >= 2 (GRPO compares completions within a prompt's group), got {g}")
     per_device = int(args.get("per_device_train_batch_size", 8))
     if per_device < 1:
-        raise ValueError(f"per_device_train_batch_size must be >= 1, got {per_device}")
+        raise UsageError(f"per_device_train_batch_size must be >= 1, got {per_device}")
     accum = int(args.get("gradient_accumulation_steps", 1))
     spg, gen_bs = args.get("steps_per_generation"), args.get("generation_batch_size")
     global_bs = per_device * num_processes
     if spg is not None and gen_bs is not None:
-        raise ValueError("set steps_per_generation or generation_batch_size, not both")
+        raise UsageError("set steps_per_generation or generation_batch_size, not both")
     if gen_bs is not None:
         gen_bs = int(gen_bs)
         if gen_bs % global_bs:
-            raise ValueError(f"generation_batch_size ({gen_bs}) must be a multiple of per_device_train_batch_size "
+            raise UsageError(f"generation_batch_size ({gen_bs}) must be a multiple of per_device_train_batch_size "
                              f"({per_device}) x processes ({num_processes}) = {global_bs}")
         how = f"generation_batch_size ({gen_bs})"
     else:
@@ -107,29 +149,37 @@ def check_grpo_args(args: dict, num_processes: int, num_prompts: int | None = No
                f"= {gen_bs} completions per generation round")
     if gen_bs % g:
         fits = sorted({k for k in range(2, gen_bs + 1) if gen_bs % k == 0})
-        raise ValueError(f"{how} must be a multiple of num_generations ({g}): change one of them "
+        raise UsageError(f"{how} must be a multiple of num_generations ({g}): change one of them "
                          f"(num_generations dividing {gen_bs}: {', '.join(map(str, fits)) or 'none'})")
     if num_prompts is not None and num_prompts < gen_bs // g:
-        raise ValueError(f"a generation round needs {gen_bs // g} distinct prompts ({gen_bs} completions / "
+        raise UsageError(f"a generation round needs {gen_bs // g} distinct prompts ({gen_bs} completions / "
                          f"num_generations {g}) but the training set has {num_prompts}")
     if args.get("max_completion_length") is not None and int(args["max_completion_length"]) < 1:
-        raise ValueError(f"max_completion_length must be >= 1, got {args['max_completion_length']}")
+        raise UsageError(f"max_completion_length must be >= 1, got {args['max_completion_length']}")
     if not float(args.get("temperature", 1.0)) > 0:
-        raise ValueError(f"temperature must be > 0, got {args.get('temperature')}")
+        raise UsageError(f"temperature must be > 0, got {args.get('temperature')}")
 
 
-def grpo_config(overrides: dict | None = None, *, output_dir: str | os.PathLike, num_prompts: int | None = None):
-    """A trl.GRPOConfig from the run defaults updated by `overrides`, checked first; ValueError in one line."""
+def grpo_config(values: dict | None = None, *, output_dir: str | os.PathLike | None = None,
+                num_prompts: int | None = None):
+    """A trl.GRPOConfig from the run defaults updated by `values`, checked first; UsageError in one line.
+
+    `values` may hold every GRPOConfig field (a merged command line) or a few overrides.
+    """
     from accelerate import PartialState
     from trl import GRPOConfig
 
-    values = default_grpo_args() | dict(overrides or {}) | {"output_dir": str(output_dir)}
+    values = default_grpo_args() | dict(values or {})
+    if output_dir is not None:
+        values["output_dir"] = str(output_dir)
+    if not values.get("output_dir"):
+        raise UsageError("GRPO settings need an output_dir (where the model, metrics and cost go)")
     check_grpo_args(values, PartialState().num_processes, num_prompts)
     try:
         return GRPOConfig(**values)
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
-        raise ValueError(f"invalid GRPO settings: {message}") from None
+        raise UsageError(f"invalid GRPO settings: {message}") from None
 
 
 def module_names(model_path: str) -> list[str]:
@@ -142,27 +192,57 @@ def module_names(model_path: str) -> list[str]:
     return [name for name, _ in model.named_modules()]
 
 
-def lora_config(model_path: str, *, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                target_modules: Sequence[str] | str = "all-linear"):
-    """A peft.LoraConfig whose target modules are checked to exist in the model (ValueError otherwise)."""
-    from peft import LoraConfig
+def lora_targets(targets) -> str | list[str] | None:
+    """LoRA target modules as peft wants them: "all-linear", a list of names, or None (peft's per-model default).
 
-    if r < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {r}")
-    if isinstance(target_modules, str) and target_modules != "all-linear":
-        target_modules = [t.strip() for t in target_modules.split(",") if t.strip()]
-    if target_modules != "all-linear":
+    Comma-separated names are split; a one-item list is its item, because peft reads a
+    string as a pattern but turns a list into a set of names (so ["all-linear"] would name
+    a module called all-linear).
+
+    >>> lora_targets(["all-linear"]), lora_targets("q_proj, v_proj"), lora_targets(["q_proj,v_proj", "up_proj"])
+    ('all-linear', ['q_proj', 'v_proj'], ['q_proj', 'v_proj', 'up_proj'])
+    """
+    if targets is None:
+        return None
+    items = [targets] if isinstance(targets, str) else list(targets)
+    names = [name.strip() for item in items for name in str(item).split(",") if name.strip()]
+    if names == [DEFAULT_LORA_TARGETS]:
+        return DEFAULT_LORA_TARGETS
+    if DEFAULT_LORA_TARGETS in names:
+        raise UsageError(f"LoRA target modules: {DEFAULT_LORA_TARGETS} stands alone, got {', '.join(names)}")
+    return names
+
+
+def lora_config(model_path: str, model_args):
+    """The peft.LoraConfig that trl.get_peft_config makes of a trl.ModelConfig (None without use_peft).
+
+    Its target modules are checked to exist in the model first (the model's config is read,
+    not its weights); UsageError in one line otherwise.
+    """
+    import dataclasses
+
+    from trl import get_peft_config
+
+    if not model_args.use_peft:
+        return None
+    if model_args.lora_r < 1:
+        raise UsageError(f"LoRA rank must be >= 1, got {model_args.lora_r}")
+    targets = lora_targets(model_args.lora_target_modules)
+    if isinstance(targets, list):
         names = module_names(model_path)
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
-        for target in target_modules:
+        for target in targets:
             if target == "lm_head":
-                raise ValueError("LoRA on lm_head is not trained by TRL's GRPOTrainer: leave it out of target modules")
+                raise UsageError("LoRA on lm_head is not trained by TRL's GRPOTrainer: leave it out of target modules")
             if not any(n == target or n.endswith("." + target) for n in names):
-                raise ValueError(f"LoRA target module '{target}' is not in the model: its modules are "
+                raise UsageError(f"LoRA target module '{target}' is not in the model: its modules are "
                                  f"{', '.join(leaves)} (or use all-linear)")
-        target_modules = list(target_modules)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      task_type="CAUSAL_LM")
+    model_args = dataclasses.replace(model_args)  # a copy: the caller's ModelConfig stays as given
+    model_args.lora_target_modules = targets
+    try:
+        return get_peft_config(model_args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"invalid LoRA settings: {' '.join(str(err).split())}") from None
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
@@ -227,28 +307,48 @@ class CostTracker:
                 if state.is_world_process_zero:
                     folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                     if folder.is_dir():
-                        (folder / CHECKPOINT_COST_FILE).write_text(json.dumps(totals))
+                        write_text_atomic(folder / CHECKPOINT_COST_FILE, json.dumps(totals))
 
         return SaveCost()
 
 
 def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | list[Callable], args, *,
-               peft_config=None, base_model_spec: str | None = None, wandb_project: str = "sharpen",
-               wandb_group: str | None = None, wandb_mode: str | None = None, keep_checkpoints: bool = False,
-               callbacks=None) -> dict:
+               model_args=None, base_model_spec: str | None = None, keep_checkpoints: bool = False,
+               wandb: WandbConfig | None = None, callbacks=None, rollouts: str = DEFAULT_ROLLOUTS) -> dict:
     """Train `model` (a checkpoint path or Hub id) with GRPO; save model, metrics and cost; return the cost dict.
 
-    `train_dataset` is a datasets.Dataset with a `prompt` column (text) and the columns the
-    reward functions read. `base_model_spec` is written as a LoRA adapter's base model
-    (default: `model`), so it can be a portable name rather than a cache path. With "wandb"
-    in `args.report_to`, the run goes to `wandb_project` / `wandb_group` under the name
-    `args.run_name`, in `wandb_mode` (online, offline, disabled; None: wandb's own default).
+    `args` is a trl.GRPOConfig, or a dict of GRPOConfig fields over `default_grpo_args()`
+    (checked against the dataset's size; it must hold output_dir). `train_dataset` is a
+    datasets.Dataset with a `prompt` column (text) and the columns the reward functions
+    read. `model_args` (a trl.ModelConfig) says how to load the model and whether to train
+    a LoRA adapter, as in TRL's `trl grpo` script: its dtype, attn_implementation and
+    model_revision go under `args.model_init_kwargs` (which wins), its quantization and
+    peft fields become the trainer's quantization_config and peft_config (target modules
+    checked). `base_model_spec` is written as a LoRA adapter's base model (default:
+    `model`), so it can be a portable name rather than a cache path. With "wandb" in
+    `args.report_to` the main process logs to a run opened by common.tracking.start_run
+    under `args.run_name` (`wandb`, default offline); with wandb off, "wandb" is dropped
+    from report_to. `rollouts` says who samples the completions: "sharpen" (`sampling.sample`
+    through TRL's rollout_func, rl_baselines.rollouts) or "trl" (TRL's own model.generate).
     """
-    from trl import GRPOTrainer
+    from trl import GRPOTrainer, get_quantization_config
 
+    check_rollouts(rollouts, args if isinstance(args, dict) else args.to_dict())
+    if isinstance(args, dict):
+        args = grpo_config(args, num_prompts=len(train_dataset))
     output_dir = Path(args.output_dir)
     if is_finished(output_dir):
         return json.loads((output_dir / COST_FILE).read_text())
+    wandb = wandb or WandbConfig()
+    if "wandb" in args.report_to and not wandb.enabled:
+        args.report_to = [name for name in args.report_to if name != "wandb"]
+    peft_config = quantization_config = None
+    if model_args is not None:
+        peft_config = lora_config(model, model_args)
+        quantization_config = get_quantization_config(model_args)
+        args.model_init_kwargs = {"revision": model_args.model_revision,
+                                  "attn_implementation": model_args.attn_implementation,
+                                  "dtype": model_args.dtype} | (args.model_init_kwargs or {})
     resume = last_checkpoint(output_dir)
     previous = None
     if resume is not None and (resume / CHECKPOINT_COST_FILE).exists():
@@ -258,34 +358,41 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     # Every reward sees the same completions: count them through the first one only.
     rewards = [tracker.wrap(rewards[0]), *rewards[1:]]
 
-    run = _start_wandb(args, output_dir, wandb_project, wandb_group, wandb_mode)
+    run = _start_wandb(wandb if "wandb" in args.report_to else WandbConfig(mode="off"), args, output_dir)
     try:
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                              processing_class=tokenizer, peft_config=peft_config,
-                              callbacks=[tracker.callback(), *(callbacks or [])])
+        with warnings.catch_warnings():
+            # TRL calls rollout_func experimental; the hook and what it receives are pinned by our tests.
+            warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+            trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                                  processing_class=tokenizer, peft_config=peft_config,
+                                  quantization_config=quantization_config,
+                                  callbacks=[tracker.callback(), *(callbacks or [])],
+                                  rollout_func=sharpen_rollouts if rollouts == "sharpen" else None)
+        if rollouts == "sharpen" and trainer.is_fsdp_enabled:
+            raise UsageError("rollouts: sharpen does not run under FSDP (each process decodes a different number "
+                             "of steps): use rollouts: trl")
         tracker.accelerator = trainer.accelerator
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.save_model(str(output_dir))  # every process: ZeRO-3 / FSDP gather the weights here
-        cost = _cost(trainer, tracker.totals(), resume)
+        cost = _cost(trainer, tracker.totals(), resume, rollouts)
         if trainer.accelerator.is_main_process:
             if peft_config is not None:
                 _set_adapter_base(output_dir, base_model_spec or model)
-            (output_dir / CONFIG_FILE).write_text(args.to_json_string())
-            (output_dir / METRICS_FILE).write_text(json.dumps(
+            write_text_atomic(output_dir / CONFIG_FILE, args.to_json_string())
+            write_text_atomic(output_dir / METRICS_FILE, json.dumps(
                 {"log_history": trainer.state.log_history, "summary": _summary(trainer.state.log_history)}, indent=1))
             # cost.json goes last: its presence marks the run as finished.
-            _write_atomic(output_dir / COST_FILE, json.dumps(cost, indent=2))
+            write_text_atomic(output_dir / COST_FILE, json.dumps(cost, indent=2))
             if not keep_checkpoints:
                 for path in output_dir.glob("checkpoint-*"):
                     shutil.rmtree(path, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
     finally:
-        if run is not None:
-            run.finish()
+        run.finish()
     return cost
 
 
-def _cost(trainer, totals: dict, resume: Path | None) -> dict:
+def _cost(trainer, totals: dict, resume: Path | None, rollouts: str) -> dict:
     state = trainer.state
     steps = int(state.global_step)
     return {
@@ -297,6 +404,7 @@ def _cost(trainer, totals: dict, resume: Path | None) -> dict:
         "trained_tokens": int(state.num_input_tokens_seen),
         "num_generations": trainer.args.num_generations,
         "num_iterations": trainer.args.num_iterations,
+        "rollouts": rollouts,
         "processes": trainer.accelerator.num_processes,
         "device": str(trainer.accelerator.device.type),
         "resumed_from_step": int(resume.name.removeprefix("checkpoint-")) if resume else None,
@@ -324,28 +432,19 @@ def _set_adapter_base(output_dir: Path, base: str) -> None:
     if path.exists():
         config = json.loads(path.read_text())
         config["base_model_name_or_path"] = base
-        path.write_text(json.dumps(config, indent=2))
+        write_text_atomic(path, json.dumps(config, indent=2))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _start_wandb(config: WandbConfig, args, output_dir: Path):
+    """The run transformers' WandbCallback and TRL's completion tables log into (a NullRun when off or not main).
 
-
-def _start_wandb(args, output_dir: Path, project: str, group: str | None, mode: str | None):
-    """Open the wandb run ourselves (main process) so it gets a group and resumes with the training run.
-
-    transformers' WandbCallback then logs into this run. The run id is kept in the output
-    directory, so a resumed training run continues the same wandb run.
+    Its id is kept in output_dir/wandb_run_id, so a resumed training run continues the same wandb run.
     """
-    if "wandb" not in (args.report_to or []) or args.process_index != 0:
-        return None
-    import wandb
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    id_file = output_dir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-    id_file.write_text(run_id)
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", project), group=group, name=args.run_name,
-                      id=run_id, resume="allow", dir=str(output_dir), job_type="grpo", mode=mode)
+    id_file = output_dir / WANDB_ID_FILE
+    run_id = None
+    if config.enabled and args.process_index == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        write_text_atomic(id_file, run_id)
+    # start_run makes it the global wandb.run, which transformers' WandbCallback and TRL log into.
+    return start_run(config, name=args.run_name, job_type="grpo", dir=output_dir, run_id=run_id)

@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from .draw import derive_seed, draw_tokens, make_generator, validate_processing
 from .models import cached_forward, context_length, eos_token_ids
+from .timeshare import TimeShare
 
 
 @dataclass
@@ -30,7 +31,9 @@ class SampleResult:
     token_ids: list[int]
     logprobs: list[float]  # log p(token | prefix) under the base model at temperature 1
     finish_reason: str  # "eos" (ended with an EOS token) or "length" (hit the token budget)
-    stats: dict = field(default_factory=dict)  # sampled_tokens, forward_tokens, (power-MH: proposals, accepted)
+    # sampled_tokens, forward_tokens, wall_seconds (this completion's share of the sampler's time;
+    # shares add up to the sampler's elapsed time), power-MH: proposals, accepted, acceptance_rate
+    stats: dict = field(default_factory=dict)
 
 
 def check_prompts(model, prompts: list[list[int]]) -> int | None:
@@ -90,6 +93,7 @@ def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new
 
 def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_tokens, limit):
     """Yield (row, SampleResult) for one batch, each as soon as its row finishes."""
+    clock = TimeShare()
     device = next(model.parameters()).device
     eos = set(eos_token_ids(model))
     pad_id = next(iter(eos), 0)
@@ -98,6 +102,7 @@ def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_toke
     tokens: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
 
+    walls = [{"wall_seconds": 0.0} for _ in prompts]
     ids, mask, positions = left_pad(prompts, pad_id, device)
     cache = DynamicCache(config=model.config)
     out = cached_forward(model, ids, mask, positions, cache, logits_to_keep=1)
@@ -106,6 +111,7 @@ def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_toke
     while active:
         new_tokens, _, log_p = draw_tokens(out.logits[:, -1, :], [generators[r] for r in active],
                                            temperature, top_k, top_p)
+        clock.charge([walls[r] for r in active])  # this step (and the forward before it) served these rows
         keep_slots = []
         for slot, row in enumerate(active):
             token = int(new_tokens[slot])
@@ -114,8 +120,10 @@ def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_toke
             if token in eos or len(tokens[row]) >= budgets[row]:
                 reason = "eos" if token in eos else "length"
                 stats = {"sampled_tokens": len(tokens[row]),
-                         "forward_tokens": len(prompts[row]) + len(tokens[row]) - 1}
+                         "forward_tokens": len(prompts[row]) + len(tokens[row]) - 1,
+                         "wall_seconds": walls[row]["wall_seconds"]}
                 yield row, SampleResult(tokens[row], logprobs[row], reason, stats)
+                clock.skip()  # the consumer's time between yields is not sampling time
             else:
                 keep_slots.append(slot)
         if not keep_slots:

@@ -77,6 +77,7 @@ from .draw import (
 )
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, eos_token_ids
+from .timeshare import TimeShare
 
 IMPLEMENTATIONS = ("batched", "reference")
 
@@ -103,8 +104,8 @@ class PowerSamplingConfig:
     batch_size: int = field(default=64, metadata={"help": "Chains advanced together (batched implementation)."})
 
     def __post_init__(self):
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
         for name, low in (("block_size", 1), ("mcmc_steps", 0), ("max_new_tokens", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -155,7 +156,7 @@ class _Chain:
         self.feed_token = 0
         self.feed_pos = 0
         self.done = False
-        self.stats = {"proposals": 0, "accepted": 0, "sampled_tokens": 0, "forward_tokens": 0}
+        self.stats = {"proposals": 0, "accepted": 0, "sampled_tokens": 0, "forward_tokens": 0, "wall_seconds": 0.0}
 
     @property
     def target(self) -> int:
@@ -253,16 +254,18 @@ def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None) 
                      init[i] if init is not None else None)
               for i, p in enumerate(prompts)]
     results: list[SampleResult | None] = [None] * len(prompts)
+    clock = TimeShare()  # each chain's stats["wall_seconds"]: its share of the time of the steps it took part in
 
     def done(chain: _Chain) -> None:
         results[chain.index] = chain.result()
         if on_result is not None:
             on_result(chain.index, results[chain.index])
+        clock.skip()  # the caller's time in on_result is not sampling time
 
     if cfg.implementation == "reference":
-        _run_reference(model, chains, cfg, done)
+        _run_reference(model, chains, cfg, done, clock)
     else:
-        _run_batched(model, chains, cfg, done)
+        _run_batched(model, chains, cfg, done, clock)
     return results  # type: ignore[return-value]
 
 
@@ -286,7 +289,7 @@ def _draw(logits: torch.Tensor, chains: list[_Chain], cfg: PowerSamplingConfig):
 # Reference cost profile: one chain at a time, the whole prompt + kept prefix re-run per proposal.
 
 
-def _run_reference(model, chains: list[_Chain], cfg: PowerSamplingConfig, done) -> None:
+def _run_reference(model, chains: list[_Chain], cfg: PowerSamplingConfig, done, clock: TimeShare) -> None:
     device = next(model.parameters()).device
     for chain in chains:
         prompt, init = chain.prompt, chain.init
@@ -312,6 +315,7 @@ def _run_reference(model, chains: list[_Chain], cfg: PowerSamplingConfig, done) 
                                      torch.tensor([[chain.feed_pos]], device=device), cache)
                 chain.stats["forward_tokens"] += 1
             chain.finish_op()
+        clock.charge([chain.stats])
         done(chain)
 
 
@@ -351,7 +355,7 @@ def _check_full_attention(model) -> None:
                          "this model has sliding-window layers")
 
 
-def _run_batched(model, chains: list[_Chain], cfg: PowerSamplingConfig, done) -> None:
+def _run_batched(model, chains: list[_Chain], cfg: PowerSamplingConfig, done, clock: TimeShare) -> None:
     _check_full_attention(model)
     device = next(model.parameters()).device
     queue = deque(chains)
@@ -381,6 +385,8 @@ def _run_batched(model, chains: list[_Chain], cfg: PowerSamplingConfig, done) ->
         if len(active) < len(rows):
             logits = logits[torch.tensor(active, device=device)]
         tokens, logp, logq = _draw(logits, [row_chains[b] for b in active], cfg)
+        # This step, and any compaction or prefill since the last one, served the active chains.
+        clock.charge([row_chains[b].stats for b in active])
         restarted, finished = [], False
         for j, b in enumerate(active):
             row, chain = rows[b], row_chains[b]

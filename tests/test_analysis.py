@@ -199,9 +199,13 @@ def test_scores_match_a_direct_forward_pass(tiny_model):
     completions = [torch.randint(3, 40, (int(n),), generator=gen).tolist() for n in (7, 1, 15, 4, 2, 0)]
     with torch.no_grad():
         for batch_tokens in (1, 20, 10_000):  # one row per batch, mixed, everything in one batch
+            reported = []
             scores = score_completions(tiny_model, prompts, completions, batch_tokens=batch_tokens,
-                                       chunk_tokens=5)
+                                       chunk_tokens=5, on_result=lambda i, s: reported.append((i, s)))
             assert scores[-1] is None  # an empty completion has nothing to score
+            # Each result is reported once, as soon as it exists (so a caller can store it at once).
+            assert sorted(i for i, _ in reported) == list(range(len(prompts)))
+            assert all(scores[i] == s for i, s in reported)
             for prompt, completion, got in zip(prompts[:-1], completions[:-1], scores[:-1]):
                 want = _direct_scores(tiny_model, prompt, completion)
                 assert got["num_tokens"] == len(completion)
@@ -227,7 +231,11 @@ def test_a_sharper_base_model_is_more_confident():
 
 
 def test_scoring_refuses_tokens_outside_the_vocabulary(tiny_model):
+    reported = []
     with pytest.raises(ValueError, match="outside the base model's vocabulary"):
-        score_completions(tiny_model, [[3, 4]], [[5, 10_000]])
+        # The bad record comes last: nothing is reported before every record was checked.
+        score_completions(tiny_model, [[3, 4], [3], [3, 4]], [[5], [], [5, 10_000]],
+                          on_result=lambda i, s: reported.append(i))
+    assert reported == []
     with pytest.raises(ValueError, match="empty prompt"):
         score_completions(tiny_model, [[]], [[5]])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.records import RecordWriter, read_records
+from common.records import RecordWriter, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,11 @@ def test_sample_writes_graded_records_and_resumes(tiny_checkpoint, tmp_path, cap
         assert r["cost"]["sampled_tokens"] == r["num_tokens"]
     assert "accuracy" in capsys.readouterr().out
     config = json.loads((out / "samples" / "base.config.json").read_text())
-    assert config["config"]["model"] == str(tiny_checkpoint)
+    assert config["run"]["model"] == str(tiny_checkpoint) and config["method"] == "base"
+    assert config["grader_version"].startswith("basic_arithmetic/") and config["model_revision"]
+    assert config["environment"]["libraries"]["torch"]
+    sessions = [json.loads(line) for line in (out / "samples" / "base.sessions.jsonl").read_text().splitlines()]
+    assert [s["records_written"] for s in sessions] == [6]
 
     # Asking for more samples extends the run; nothing is written twice, old lines are kept.
     assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 4, "--num-samples", 3)) == 0
@@ -68,18 +72,69 @@ def test_a_different_config_is_refused(tiny_checkpoint, tmp_path, capsys):
     assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1)) == 0
     assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1, "--seed", 5)) == 2
     assert "other settings (seed)" in capsys.readouterr().err
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1, "--top-k", 3)) == 2
+    assert "other settings (top_k)" in capsys.readouterr().err
     assert len(read_records(out / "samples" / "base.jsonl")) == 1
+    # The batch size changes no record: resuming under another one is fine.
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 2, "--batch-size", 1)) == 0
+
+
+def test_another_grader_version_or_model_revision_is_refused(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from experiments.tasks.reasoning_gym_tasks import ReasoningGym
+
+    out = tmp_path / "run"
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1)) == 0
+    monkeypatch.setattr(ReasoningGym, "grader_revision", 99)
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 2)) == 2
+    assert "another grader (basic_arithmetic/1" in capsys.readouterr().err
+    monkeypatch.undo()
+    config = tiny_checkpoint / "config.json"
+    config.write_text(config.read_text().replace("}", ', "sharpen_note": 1}', 1)[::1])
+    assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 2)) == 2
+    assert "another model revision" in capsys.readouterr().err
+    assert len(read_records(out / "samples" / "base.jsonl")) == 1
+
+
+def test_named_instances_keep_their_own_files(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    for name, alpha in (("lt_a2", 2), ("lt_a8", 8)):
+        assert run_cli(*base_args(tiny_checkpoint, out, "--method", "low_temp", "--alpha", alpha, "--name", name,
+                                  "--num-problems", 2)) == 0
+    a2, a8 = (read_records(out / "samples" / f"{n}.jsonl") for n in ("lt_a2", "lt_a8"))
+    assert {r["temperature"] for r in a2} == {0.5} and {r["temperature"] for r in a8} == {0.125}
+    assert {r["method"] for r in a2} == {"lt_a2"}
+    assert json.loads((out / "samples" / "lt_a8.config.json").read_text())["method"] == "low_temp"
+
+
+@pytest.mark.parametrize("method,extra", [("base", ["--batch-size", "3"]),
+                                          ("power_mh", ["--block-size", "4", "--mcmc-steps", "3", "--batch-size", "3"])])
+def test_wall_seconds_of_records_add_up_to_the_elapsed_time(tiny_checkpoint, tmp_path, method, extra):
+    out = tmp_path / "run"
+    assert run_cli(*base_args(tiny_checkpoint, out, "--method", method, "--num-problems", 6, "--num-samples", 3,
+                              "--max-new-tokens", 24, *extra)) == 0
+    records = read_records(out / "samples" / f"{method}.jsonl")
+    (session,) = [json.loads(x) for x in (out / "samples" / f"{method}.sessions.jsonl").read_text().splitlines()]
+    total = sum(r["cost"]["wall_seconds"] for r in records)
+    assert session["records_written"] == len(records) == 18
+    assert abs(total - session["elapsed_seconds"]) <= 0.05 * session["elapsed_seconds"], (total, session)
+    # Shares, not copies: the shares differ between records of different lengths.
+    assert len({r["cost"]["wall_seconds"] for r in records}) > 1
 
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "{tmp}/missing"], "does not exist"),
     (["--task", "nope"], "unknown task"),
-    (["--method", "nope"], "invalid choice"),
+    (["--method", "nope"], "unknown method 'nope': registered methods are base, low_temp, power_mh, grpo"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
     (["--method", "low_temp", "--temperature", "0"], "--temperature must be > 0"),
     (["--method", "low_temp", "--temperature", "-1"], "--temperature must be > 0"),
-    (["--alpha", "0"], "--alpha must be > 0"),
+    (["--method", "low_temp", "--alpha", "0"], "--alpha must be a finite number > 0"),
+    (["--method", "power_mh", "--alpha", "inf"], "--alpha must be a finite number > 0"),
+    (["--method", "power_mh", "--block-size", "0"], "--block-size must be an integer >= 1"),
+    (["--alpha", "2"], "method base takes the settings --top-k, --top-p, --max-new-tokens, --batch-size"),
+    (["--method", "power_mh", "--temperature", "0.5"], "unrecognized arguments: --temperature 0.5"),
+    (["--name", "../x"], "is not a valid file name"),
     (["--top-p", "2"], "--top-p must be in (0, 1]"),
     (["--task", "humaneval"], "prompts must be shorter than the context"),
     (["--task", "math500", "--task-args", "data_path={tmp}/missing.json"], "does not exist"),

@@ -1,17 +1,21 @@
-"""GRPO through TRL on tiny local models: training changes weights, LoRA, two processes, resume, bad input.
+"""GRPO through TRL on tiny local models: training changes weights, LoRA, two processes, resume, settings, bad input.
 
-    python -m pytest -q tests/test_grpo.py            # ~1 minute on 2 cores
+    python -m pytest -q tests/test_grpo.py            # ~2 minutes on 2 cores
     python -m pytest -q -m slow tests/test_grpo.py    # + the testbed run (a few minutes)
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from common.errors import UsageError
+from common.tracking import WandbConfig
 from conftest import char_tokenizer, tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,9 +117,12 @@ def test_lora_trains_only_the_adapter_and_loads(tmp_path, tiny_checkpoint, digit
     from sampling import load_model
 
     out = tmp_path / "lora"
+    small = [a for a in SMALL if a not in ("--report_to", "none")]  # the run default, ["wandb"], with wandb off
     argv = ["grpo", "--model", str(tiny_checkpoint), "--task", digits_task, "--output-dir", str(out),
-            "--max_steps", "3", *SMALL, "--lora", "--lora_r", "4", "--lora_target_modules", "q_proj,v_proj,up_proj"]
+            "--max_steps", "3", *small, "--lora", "--lora_r", "4", "--lora_target_modules", "q_proj,v_proj,up_proj",
+            "--wandb-mode", "off"]
     assert main(argv) == 0
+    assert json.loads((out / "grpo_config.json").read_text())["report_to"] == [] and not (out / "wandb").exists()
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_checkpoint)
     assert not (out / "model.safetensors").exists()
@@ -206,9 +213,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_checkpoint, di
 def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, monkeypatch):
     from experiments.cli import main
 
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: wandb must choose offline by itself
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # --wandb-mode auto: offline unless WANDB_MODE says otherwise
+    monkeypatch.setenv("HOME", str(tmp_path))
     config = tmp_path / "grpo.yaml"
     config.write_text("max_steps: 2\nlearning_rate: 0.001\nbeta: 0.05\nloss_type: grpo\nnum_generations: 4\n"
                       "per_device_train_batch_size: 8\nmax_completion_length: 6\nwandb_group: study-x\n"
@@ -220,7 +226,8 @@ def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, mon
     assert (saved["learning_rate"], saved["max_steps"], saved["beta"], saved["loss_type"]) == (0.002, 2, 0.05, "grpo")
     assert saved["report_to"] == ["wandb"] and saved["log_completions"] is True
     runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    assert len(runs) == 1  # the run we opened, which transformers' and TRL's loggers wrote into
+    assert runs[0].name.endswith((out / "wandb_run_id").read_text())
     assert list((out / "completions").glob("*.parquet"))  # log_completions tables
     history = json.loads((out / "metrics.json").read_text())["log_history"]
     assert any("kl" in row for row in history)  # beta > 0 reached TRL: the KL term is computed
@@ -248,6 +255,8 @@ def test_from_checkpoint_records_without_training(tmp_path, capsys):
     (["--accelerate-config", "accelerate_configs/nope.yaml"], "accelerate config 'accelerate_configs/nope.yaml' does"),
     (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
     (["--max_steps", "2", "--no_such_flag", "1"], "unrecognized arguments"),
+    (["--wandb-mode", "sometimes"], "wandb mode must be one of auto, offline, online, off"),
+    (["--lora", "--lora_r", "0"], "LoRA rank must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, tiny_checkpoint, capsys, extra, message):
     from experiments.cli import main
@@ -286,12 +295,177 @@ def test_accelerate_configs_parse_and_say_when_to_use_them():
 
 
 def test_gpu_preset_parses_into_grpo_settings():
-    from experiments.grpo import parse
+    from experiments.grpo import parse_args
 
-    run, grpo = parse(["--config", str(REPO / "experiments/configs/grpo_gpu.yaml"), "--model", "Qwen/Qwen2.5-Math-7B",
-                       "--task", "math500", "--output-dir", "x", "--max_steps", "10"])
+    settings = parse_args(["--config", str(REPO / "experiments/configs/grpo_gpu.yaml"), "--model",
+                           "Qwen/Qwen2.5-Math-7B", "--task", "math500", "--output-dir", "x", "--max_steps", "10"])
+    grpo = settings.grpo
     assert (grpo["bf16"], grpo["use_cpu"], grpo["learning_rate"], grpo["beta"]) == (True, False, 5e-7, 0.0)
-    assert grpo["max_steps"] == 10 and run.model == "Qwen/Qwen2.5-Math-7B"
+    assert grpo["max_steps"] == 10 and settings.run.model == "Qwen/Qwen2.5-Math-7B"
+
+
+def test_flags_beat_the_yaml_file_which_beats_the_run_defaults(tmp_path):
+    from rl_baselines import default_grpo_args
+    from experiments.grpo import parse_args
+
+    config = tmp_path / "grpo.yaml"
+    config.write_text("learning_rate: 0.001\nmax_steps: 7\nlora_r: 8\nnum-generations: 4\nenv:\n  SHARPEN_X: 'y'\n")
+    settings = parse_args(["--model", "m", "--task", "testbed", "--output-dir", "o", "--config", str(config),
+                           "--learning-rate", "0.002", "--lora_alpha", "64"])
+    grpo, model = settings.grpo, settings.model_args
+    assert (grpo["learning_rate"], grpo["max_steps"], grpo["num_generations"]) == (0.002, 7, 4)  # flag, YAML, YAML
+    assert grpo["beta"] == default_grpo_args()["beta"] == 0.0 and grpo["per_device_train_batch_size"] == 16  # ours
+    assert grpo["epsilon"] == 0.2  # TRL's own default where we set none
+    assert (model.lora_r, model.lora_alpha, model.lora_target_modules, model.use_peft) == (8, 64, "all-linear", False)
+    assert grpo["output_dir"] == "o" and grpo["run_name"] == "grpo-testbed"
+    import os
+
+    assert os.environ.pop("SHARPEN_X") == "y"  # the YAML file's env: mapping, as TrlParser does
+
+
+def test_lora_is_use_peft_and_its_targets_reach_peft_as_given(tiny_checkpoint):
+    from rl_baselines import lora_config
+    from experiments.grpo import parse_args
+
+    base = ["--model", "m", "--task", "testbed", "--output-dir", "o"]
+    assert parse_args(base).model_args.use_peft is False
+    assert parse_args(base + ["--lora"]).model_args.use_peft is True
+    assert parse_args(base + ["--use_peft"]).model_args.use_peft is True
+    assert lora_config(str(tiny_checkpoint), parse_args(base).model_args) is None
+    peft = lora_config(str(tiny_checkpoint), parse_args(base + ["--lora"]).model_args)
+    assert peft.target_modules == "all-linear" and peft.r == 16 and peft.task_type == "CAUSAL_LM"
+    for targets in (["q_proj,v_proj"], ["q_proj", "v_proj"]):
+        model_args = parse_args(base + ["--lora", "--lora_target_modules", *targets]).model_args
+        assert lora_config(str(tiny_checkpoint), model_args).target_modules == {"q_proj", "v_proj"}
+    from trl import ModelConfig
+
+    single = ModelConfig(use_peft=True)
+    single.lora_target_modules = ["all-linear"]  # peft would look for a module named all-linear
+    assert lora_config(str(tiny_checkpoint), single).target_modules == "all-linear"
+
+
+STUDY = {"task": "basic_arithmetic", "task_args": {}, "chat": False, "problem_seed": 0}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"learning_rat": 1e-3}, "unknown key 'grpo.learning_rat' in the study config: valid keys are the fields of "
+                             "GrpoRunArgs, trl.GRPOConfig and trl.ModelConfig (see `sharpen grpo --help`)"),
+    ({"config": {"max_steps": 3}}, "unknown key 'grpo.config'"),
+    ({"model": "other"}, "grpo.model is set by the study itself"),
+    ({"output_dir": "x"}, "grpo.output_dir is set by the study itself"),
+    ({"max_steps": "ten"}, "grpo.max_steps: invalid int value: 'ten'"),
+    ({"num_generations": 3}, "must be a multiple of num_generations (3)"),
+    ({"lora": True, "lora_target_modules": "q_proj,qkv_proj"}, "LoRA target module 'qkv_proj' is not in the model"),
+    ({"accelerate_config": "nope.yaml"}, "accelerate config 'nope.yaml' does not exist"),
+    ({"per_device_train_batch_size": 4, "accelerate_config": str(CONFIGS / "cpu_2proc.yaml")}, None),
+    ({"per_device_train_batch_size": 2, "accelerate_config": str(CONFIGS / "cpu_2proc.yaml")},
+     "per_device_train_batch_size (2) x processes (2)"),
+])
+def test_study_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, settings, message):
+    from experiments.grpo import check_grpo_settings
+
+    def check():
+        check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=tmp_path / "grpo", **STUDY)
+
+    if message is None:
+        check()
+    else:
+        with pytest.raises(UsageError, match="^" + re.escape(message) if message.startswith("unknown") else
+                           re.escape(message)):
+            check()
+    assert not (tmp_path / "grpo").exists()  # nothing written
+
+
+def test_a_study_without_its_model_yet_checks_the_rest(tmp_path):
+    from experiments.grpo import check_grpo_settings
+
+    check_grpo_settings({"lora": True, "max_steps": 3}, model=None, output_dir=tmp_path / "grpo", **STUDY)
+    with pytest.raises(UsageError, match="multiple of num_generations"):
+        check_grpo_settings({"num_generations": 5}, model=None, output_dir=tmp_path / "grpo", **STUDY)
+
+
+def test_a_directory_with_another_run_or_base_model_revision_is_refused(tmp_path, tiny_checkpoint):
+    from experiments import grpo
+
+    out = tmp_path / "grpo"
+
+    def prepared(settings):
+        resolved = grpo._from_mapping(grpo.study_mapping(settings, model=str(tiny_checkpoint), output_dir=out,
+                                                         **STUDY))
+        return grpo._prepare(resolved, 1)
+
+    out.mkdir()
+    grpo._write_run_file(out, prepared({"max_steps": 3, "lora": True}))
+    check = lambda settings: grpo.check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=out, **STUDY)
+    check({"max_steps": 3, "lora": True, "save_steps": 1, "logging_steps": 2})  # not what is trained: a resume
+    with pytest.raises(UsageError, match=r"other settings \(grpo.learning_rate, grpo.max_steps, model.lora_r\)"):
+        check({"max_steps": 4, "learning_rate": 1e-3, "use_peft": True, "lora_r": 8})
+    with pytest.raises(UsageError, match=r"other settings \(model.use_peft\)"):
+        check({"max_steps": 3})
+    with pytest.raises(UsageError, match=r"other settings \(run.problem_seed\)"):
+        grpo.check_grpo_settings({"max_steps": 3, "lora": True}, model=str(tiny_checkpoint), output_dir=out,
+                                 **(STUDY | {"problem_seed": 1}))
+
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["base_model_revision"] and saved["environment"]["libraries"]["trl"]
+    # A field a newer TRL adds, or one it drops, does not block a resume: only shared keys are compared.
+    saved["identity"]["grpo"]["a_new_trl_field"] = 1
+    del saved["identity"]["grpo"]["epsilon"]
+    (out / "run.json").write_text(json.dumps(saved))
+    check({"max_steps": 3, "lora": True})
+    saved["base_model_revision"] = "0123456789abcdef"
+    (out / "run.json").write_text(json.dumps(saved))
+    with pytest.raises(UsageError, match="another revision of its base model"):
+        check({"max_steps": 3, "lora": True})
+
+
+def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypatch):
+    """The children get the user's flags (or a YAML of the study's mapping) and re-run the same merge."""
+    import subprocess
+
+    import yaml
+
+    from experiments import grpo
+    from experiments.cli import main
+
+    launched = []
+
+    def fake_run(command, env=None, **kwargs):
+        launched.append((command, env))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(grpo.subprocess, "run", fake_run)
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "grpo.yaml"
+    config.write_text("max_steps: 3\nnum_generations: 4\n")
+    out = tmp_path / "cli"
+    argv = ["--accelerate-config", "accelerate_configs/cpu_2proc.yaml", "--model", str(tiny_checkpoint), "--task",
+            "basic_arithmetic", "--config", str(config), "--per_device_train_batch_size", "4", "--output-dir", str(out)]
+    assert main(["grpo", *argv]) == 0
+    command, env = launched.pop()
+    assert command[command.index("experiments.cli") + 1:] == ["grpo", *argv]
+    assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           "accelerate_configs/cpu_2proc.yaml"]
+    assert env[grpo.LAUNCHED_ENV] == "1"  # the children train: they do not launch again
+
+    settings = {"max_steps": 3, "num_generations": 4, "per_device_train_batch_size": 4, "lora": True,
+                "accelerate_config": "accelerate_configs/cpu_2proc.yaml"}
+    out = tmp_path / "study"
+    wandb = WandbConfig(mode="off", group="study-x")
+    assert grpo.train_grpo(settings, model=str(tiny_checkpoint), output_dir=out, wandb=wandb, run_name="s-grpo",
+                           **STUDY) == out
+    command, env = launched.pop()
+    assert command[-3:] == ["grpo", "--config", str(out / grpo.LAUNCH_FILE)]
+    mapping = yaml.safe_load((out / grpo.LAUNCH_FILE).read_text())
+    assert mapping == settings | {"model": str(tiny_checkpoint), "task": "basic_arithmetic", "chat": False,
+                                  "problem_seed": 0, "output_dir": str(out), "run_name": "s-grpo", "wandb_mode": "off",
+                                  "wandb_project": "sharpen", "wandb_group": "study-x", "task_args": []}
+    # The child's merge of that file is the parent's merge of the study's settings.
+    child = grpo.parse_args(command[command.index("grpo") + 1:])
+    parent = grpo._from_mapping(grpo.study_mapping(settings, model=str(tiny_checkpoint), output_dir=out,
+                                                   run_name="s-grpo", wandb=wandb, **STUDY))
+    assert (child.run, child.grpo, child.model_args) == (parent.run, parent.grpo, parent.model_args)
+    assert child.model_args.use_peft and child.grpo["generation_batch_size"] is None
 
 
 @pytest.mark.slow
@@ -308,7 +482,8 @@ def test_testbed_default_budget_raises_reward_and_pass_at_1(tmp_path, request):
     from experiments.tasks import get_task
     from sampling import load_model, sample
 
-    out = train_grpo(str(testbed_dir), "testbed", {}, tmp_path / "grpo", {"report_to": [], "log_completions": False})
+    out = train_grpo({"log_completions": False}, model=str(testbed_dir), task="testbed", task_args={}, chat=False,
+                     problem_seed=0, output_dir=tmp_path / "grpo", wandb=WandbConfig(mode="off"), run_name="grpo")
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["reward_last"] > summary["reward_first"] + 0.1, summary
 

@@ -15,7 +15,7 @@ its mass on completions that the sharp 1/4-temperature proposal almost never pro
 the one-token [EOS]), so chains need thousands of steps to mix. Invariance does not need mixing,
 so (a) also runs with the paper's alpha = 4, temperature 1/4.
 
-The exact kernel below (`exact_kernel`, `exact_output`) is the MH rule of ARCHITECTURE.md written
+The exact kernel below (`exact_kernel`, `exact_output`) is the MH rule of docs/architecture.md written
 out over the enumerated completions; it gives the exact finite-step output distribution of the
 paper's stop_on_eos=True schedule, whose distance from p^alpha the README reports.
 """

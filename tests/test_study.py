@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.records import read_records
+from common.records import read_records
 from experiments.study_config import CONFIG_DIR, load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("base", "low_temp", "power_mh", "grpo")
 # A very small version of the testbed preset: 4 problems x 2 samples, 4 GRPO steps.
 TINY = ["num_problems=4", "num_samples=2", "power_mh.block_size=4", "power_mh.mcmc_steps=2",
-        "grpo.config={max_steps: 4, save_steps: 2, logging_steps: 2, per_device_train_batch_size: 8, "
-        "num_generations: 4, log_completions: false}",
-        "analysis.bootstrap=200", "wandb.mode=off"]
+        "grpo.max_steps=4", "grpo.save_steps=2", "grpo.logging_steps=2", "grpo.per_device_train_batch_size=8",
+        "grpo.num_generations=4", "grpo.log_completions=false", "analysis.bootstrap=200", "wandb.mode=off"]
 
 
 def study(out, *extra) -> int:
@@ -51,7 +50,8 @@ def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
     assert "power_mh: accuracy" in capsys.readouterr().out
     assert {r["temperature"] for r in records["low_temp"]} == {0.25}
     assert all("proposals" in r["cost"] for r in records["power_mh"])
-    assert all("base_scores" in r for r in records["grpo"])  # scored under the base model
+    scores = read_records(out / "scores" / "grpo.jsonl")  # scored under the base model, beside the records
+    assert len(scores) == len(records["grpo"])
     report = (out / "report.md").read_text()
     assert "grpo" in report and "training wall s" in report
 
@@ -65,7 +65,6 @@ def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("stage", ["grpo", "sampling", "analysis"])
 def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_dir, tmp_path, monkeypatch, stage):
-    import experiments.analyze
     import experiments.sample
     import experiments.study
 
@@ -92,19 +91,21 @@ def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_
         real_make_record = experiments.sample.make_record
         calls = {"n": 0}
 
-        def dying_make_record(config, *args, **kwargs):
-            if config.method == "power_mh":
+        def dying_make_record(args, *rest, **kwargs):
+            if args.name == "power_mh":
                 calls["n"] += 1
                 if calls["n"] > 3:
                     raise Killed()
-            return real_make_record(config, *args, **kwargs)
+            return real_make_record(args, *rest, **kwargs)
 
         monkeypatch.setattr(experiments.sample, "make_record", dying_make_record)
     else:
         def dying_analyze(*args, **kwargs):
             raise Killed()
 
-        monkeypatch.setattr(experiments.analyze, "analyze", dying_analyze)
+        import analysis
+
+        monkeypatch.setattr(analysis, "analyze", dying_analyze)
 
     out = tmp_path / "study"
     with pytest.raises(Killed):
@@ -133,7 +134,17 @@ def test_presets_parse_and_the_gpu_presets_fail_at_once_here(tmp_path, capsys, m
 @pytest.mark.parametrize("extra,message", [
     (["power_mh.blok_size=3"], "unknown key 'power_mh.blok_size'"),
     (["colour=red"], "unknown key 'colour'"),
-    (["methods=[base, beam_search]"], "unknown method(s) beam_search"),
+    (["methods=[base, beam_search]"], "methods[1]: unknown method 'beam_search': registered methods are base, "
+                                      "low_temp, power_mh, grpo"),
+    (["methods=[base, {name: pm, method: power_mh, blok_size: 3}]"],
+     "unknown key 'blok_size' in methods[1] (pm): method power_mh accepts name, method, num_samples, alpha"),
+    (["methods=[base, {name: base, method: low_temp}]"], "names the instance(s) base twice"),
+    (["methods=[{name: a/b, method: base}]"], "'a/b' is not a valid file name"),
+    (["methods=[{name: x, method: power_mh, block_size: 0}]"], "methods[0] (x): block_size must be an integer >= 1"),
+    (["methods=[{name: x, method: low_temp, alpha: -1}]"], "methods[0] (x): alpha must be a finite number > 0"),
+    (["low_temp.temperature=-1"], "temperature must be > 0"),
+    (["base.temperature=2"], "unknown key 'base.temperature' in the study config: method base accepts top_k"),
+    (["grpo.max_stepz=3"], "grpo.max_stepz"),
     (["num_samples=zero"], "num_samples must be int"),
     (["task=humaneval"], "GRPO needs a train split"),
     (["model=/no/such/model"], "does not exist"),
@@ -189,7 +200,7 @@ def test_two_processes_shard_sampling_without_loss_or_duplicates(tiny_checkpoint
     # ... and the two processes really were two shards of one group (not two lone processes
     # racing on one file, which the record check alone could miss when one finishes first).
     probe = tmp_path / "probe.py"
-    probe.write_text("import sys\nfrom experiments.distributed import current_shard\n"
+    probe.write_text("import sys\nfrom common.processes import current_shard\n"
                      "s = current_shard(); s.wait()\n"
                      f"open({str(tmp_path)!r} + f'/shard{{s.rank}}', 'w').write(f'{{s.rank}} {{s.world_size}}')\n")
     launch = launch[:launch.index("-m", 4)] + [str(probe)]

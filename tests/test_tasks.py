@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.errors import UsageError
+from common.errors import UsageError
 from experiments.tasks import get_task
 from experiments.tasks.math500 import answers_match, last_boxed
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import UsageError
+from common.errors import UsageError
 from experiments.tasks import get_task
 from experiments.testbed import corpus
 from experiments.testbed import train as train_module
@@ -351,10 +351,10 @@ def test_trained_model_reproduces_the_trap(calibration):
 
 def test_sharpen_sample_runs_every_method_on_the_testbed(testbed_dir, tmp_path):
     from experiments.cli import main
-    from experiments.records import read_records
-    from experiments.sample import METHODS
+    from common.records import read_records
+    from sampling import registered_methods
 
-    for method in METHODS:
+    for method in registered_methods():
         extra = ["--block-size", "16", "--mcmc-steps", "2"] if method == "power_mh" else []
         assert main(["sample", "--model", str(testbed_dir), "--task", "testbed", "--method", method,
                      "--num-problems", "4", "--num-samples", "2", "--max-new-tokens", "32",

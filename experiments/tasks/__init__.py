@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-from ..errors import UsageError
+from common.errors import UsageError
 from .base import Task
 from .humaneval import HumanEval
 from .math500 import Math500

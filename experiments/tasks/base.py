@@ -6,7 +6,7 @@ reward calls the very same `grade`, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from common.errors import UsageError
 
 
 class Task:
@@ -14,6 +14,23 @@ class Task:
 
     name: str = ""
     splits: tuple[str, ...] = ("test",)  # tasks with a training split list "train" too
+    # Bump when grade() or extract_answer() changes what they return: records graded under another
+    # version are not mixed with new ones (a resumed run under another version is refused).
+    grader_revision: int = 1
+    grader_libraries: tuple[str, ...] = ()  # packages whose code decides the verdict
+
+    @property
+    def grader_version(self) -> str:
+        """`<task>/<revision>` plus the versions of the libraries the grader calls."""
+        from importlib import metadata
+
+        parts = [f"{self.name}/{self.grader_revision}"]
+        for package in self.grader_libraries:
+            try:
+                parts.append(f"{package}=={metadata.version(package)}")
+            except metadata.PackageNotFoundError:
+                parts.append(f"{package}==absent")
+        return " ".join(parts)
 
     def load(self, limit: int | None = None, seed: int = 0, split: str = "test") -> list[dict]:
         """Problems as dicts with at least `id` and `answer` (the gold answer)."""
@@ -35,6 +52,11 @@ class Task:
     def grade(self, problem: dict, completion: str) -> float:
         """A score in [0, 1]; 1.0 means correct."""
         raise NotImplementedError
+
+    def grade_all(self, problem: dict, completion: str) -> dict[str, float]:
+        """Scores under every answer extraction the task offers ({} when it has one): records keep them
+        all so the report can show where the extractions disagree; `grade` is the task's chosen one."""
+        return {}
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:

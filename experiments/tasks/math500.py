@@ -18,7 +18,7 @@ import multiprocessing
 import threading
 from pathlib import Path
 
-from ..errors import UsageError
+from common.errors import UsageError
 from .base import Task, take
 
 HUB_DATASET = "HuggingFaceH4/MATH-500"
@@ -81,6 +81,7 @@ def _verify_in_child(gold: str, predicted: str, timeout: int) -> bool:
 class Math500(Task):
     name = "math500"
     splits = ("test",)
+    grader_libraries = ("math-verify",)
 
     def __init__(self, data_path: str | None = None):
         self.data_path = data_path

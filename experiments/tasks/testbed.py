@@ -13,7 +13,7 @@ word after the first `answer`, and only an exactly right answer scores 1.0.
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from common.errors import UsageError
 from ..testbed.corpus import KINDS, extract_answer, generate_problems
 from .base import Task, take
 

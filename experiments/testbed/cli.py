@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.report import write_text_atomic
+from common.files import write_text_atomic
 
-from ..errors import UsageError
+from common.errors import UsageError
 
 
 @dataclass

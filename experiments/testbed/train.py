@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from common.errors import UsageError
 from . import corpus
 
 VERSION = 1  # bump whenever the process, the tokenizer, the model or the training changes

@@ -2,11 +2,12 @@
 
     shard = current_shard()           # Shard(rank=0, world_size=1) when not launched
     todo[shard.rank::shard.world_size]
-    shard.wait()                       # barrier (a no-op alone)
+    shard.wait()                      # barrier (a no-op alone)
+    is_main_process()                 # the one main-process check: log, print and write results here
 
-Sampling and GRPO shard work across the processes that `accelerate launch` starts
-(data parallel); a plain `sharpen ...` is one process and never initialises
-torch.distributed.
+Sampling and scoring share work across the processes that `accelerate launch` starts
+(data parallel, through common.records.ShardedRecords); a plain `sharpen ...` is one
+process and never initialises torch.distributed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ class Shard:
 
             PartialState().wait_for_everyone()  # the state current_shard() set up
 
+    def gather(self, value) -> list:
+        """Every process's `value`, in rank order (a collective call: every process must make it)."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, value)
+        return parts
+
 
 def current_shard() -> Shard:
     """This process's place among the processes accelerate launched (one process: rank 0 of 1)."""
@@ -45,3 +56,8 @@ def current_shard() -> Shard:
     if state.num_processes <= 1:
         raise RuntimeError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate set up one process")
     return Shard(rank=state.process_index, world_size=state.num_processes)
+
+
+def is_main_process() -> bool:
+    """True in a lone process and in rank 0 of a launched group (read from the launcher's environment)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,52 @@
+"""Small file rules used everywhere: atomic writes, and whether a model spec names a local path.
+
+    write_text_atomic(run_dir / "metrics.json", text)   # readers never see half a file
+    looks_like_path("./ckpt") -> True; looks_like_path("Qwen/Qwen2.5-Math-7B") -> False
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> write_text_atomic(p, "one"); write_text_atomic(p, "two"); p.read_text()
+    'two'
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def looks_like_path(spec: str) -> bool:
+    """True when `spec` names a local path rather than a Hub id (owner/name) or a built-in name.
+
+    A spec that exists on disk is a path; so is one that starts with `.`, `/` or `~`, or has
+    more than one `/` (a Hub id has exactly one).
+
+    >>> looks_like_path("Qwen/Qwen2.5-Math-7B"), looks_like_path("runs/x/grpo"), looks_like_path("~/m")
+    (False, True, True)
+    """
+    spec = str(spec)
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def resolve_local(spec: str) -> str:
+    """An existing local path made absolute (so the same model has one name from any directory); else `spec`."""
+    path = Path(str(spec)).expanduser()
+    return str(path.resolve()) if path.exists() else str(spec)
