@@ -103,6 +103,25 @@ def _diversity(groups, samples_used: int, embeddings, confidence, n_resamples, s
     return out
 
 
+def _extractions(groups: dict[str, list[dict]], confidence, n_resamples, seed) -> dict | None:
+    """Accuracy under each answer extraction the records carry (`verdicts`: strict / flexible), and how
+    many records the extractions disagree on; None when the records carry no verdicts."""
+    names = sorted({k for g in groups.values() for r in g for k in (r.get("verdicts") or {})})
+    if not names:
+        return None
+    out = {"disagreements": 0, "records": 0}
+    for g in groups.values():
+        for r in g:
+            verdicts = r.get("verdicts") or {}
+            if verdicts:
+                out["records"] += 1
+                out["disagreements"] += len(set(verdicts.values())) > 1
+    for name in names:
+        rates = [float(np.mean([bool((r.get("verdicts") or {}).get(name)) for r in g])) for g in groups.values()]
+        out[name] = _interval(rates, confidence, n_resamples, seed)
+    return out
+
+
 def _cost(records: list[dict], sessions: list[dict], training: dict | None) -> dict:
     """Totals and means of the records' costs; `sessions`: measured elapsed sampling time, when recorded.
 
@@ -179,6 +198,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             diversity = _diversity(groups, diversity_n, embeddings.get(name), confidence, n_resamples, seed)
         else:
             diversity = None
+        extractions = _extractions(groups, confidence, n_resamples, seed)
         cost = _cost(records, run.methods[name].sessions, training_costs.get(name))
         if cost["records_with_cost"] < len(records):
             warnings.append(f"{name}: {len(records) - cost['records_with_cost']} record(s) carry no cost; "
@@ -193,6 +213,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             "answers_given": int(answers_given),
             "base_scores": scores,
             "diversity": diversity,
+            "extractions": extractions,
             "cost": cost,
         }
 

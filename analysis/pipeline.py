@@ -141,6 +141,35 @@ def training_costs(run: Run) -> tuple[dict, list[str]]:
     return costs, warnings
 
 
+# TRL log-history keys shown as GRPO training curves -> their names in metrics.json
+TRAINING_CURVES = {"reward": "reward", "reward_std": "reward_std", "completions/mean_length": "completion_length",
+                   "entropy": "entropy", "kl": "kl", "frac_reward_zero_std": "frac_reward_zero_std"}
+
+
+def training_curves(run: Run) -> tuple[dict, list[str]]:
+    """{name: {"step": [...], "reward": [...], ...}} from RUN_DIR/<name>/metrics.json (TRL's log history)."""
+    curves, warnings = {}, []
+    for name in run.methods:
+        path = run.dir / name / "metrics.json"
+        if not path.exists():
+            continue
+        try:
+            history = json.loads(path.read_text()).get("log_history") or []
+        except (json.JSONDecodeError, AttributeError):
+            warnings.append(f"{path.relative_to(run.dir)} is not a GRPO metrics file: its training curves were left out")
+            continue
+        rows = [row for row in history if isinstance(row, dict) and isinstance(row.get("reward"), (int, float))]
+        if not rows:
+            continue
+        curve = {"step": [int(row.get("step", i + 1)) for i, row in enumerate(rows)]}
+        for key, label in TRAINING_CURVES.items():
+            values = [row.get(key) for row in rows]
+            if any(isinstance(v, (int, float)) for v in values):
+                curve[label] = [float(v) if isinstance(v, (int, float)) else None for v in values]
+        curves[name] = curve
+    return curves, warnings
+
+
 def analyze(run_dir, config: AnalysisConfig | None = None, *, wandb: WandbConfig | None = None,
             wandb_name: str | None = None, model=None, tokenizer=None, shard=None,
             progress: bool = True) -> dict | None:
@@ -176,9 +205,11 @@ def analyze(run_dir, config: AnalysisConfig | None = None, *, wandb: WandbConfig
         return None  # the other processes only help with scoring
     embeddings, info["embeddings"] = embed_run(run, config.embeddings, device=config.device)
     costs, cost_warnings = training_costs(run)
-    run.warnings.extend(cost_warnings)
+    curves, curve_warnings = training_curves(run)
+    run.warnings.extend(cost_warnings + curve_warnings)
     metrics = compute_metrics(run, embeddings=embeddings, training_costs=costs, confidence=config.confidence,
                               n_resamples=config.bootstrap, seed=config.seed)
+    metrics["training"] = curves
     models = sorted({x for m in metrics["methods"].values() if m["base_scores"] for x in m["base_scores"]["model"]})
     if len(models) > 1:
         metrics["warnings"].append(f"records were scored by different models ({', '.join(models)}): "

@@ -190,6 +190,28 @@ def plot_diversity(metrics: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_training(curve: dict, name: str, path: Path) -> Path:
+    """GRPO training against optimizer step: reward (with its within-group std), completion length, entropy."""
+    panels = [("reward", "reward (mean over completions)"), ("completion_length", "completion length (tokens)"),
+              ("entropy", "token entropy (nats)")]
+    panels = [(key, label) for key, label in panels if key in curve]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    steps = np.array(curve["step"])
+    for ax, (key, label) in zip(axes[0], panels):
+        values = np.array([np.nan if v is None else v for v in curve[key]], dtype=float)
+        ax.plot(steps, values, color="tab:red", lw=1.2)
+        if key == "reward" and "reward_std" in curve:
+            spread = np.array([np.nan if v is None else v for v in curve["reward_std"]], dtype=float)
+            ax.fill_between(steps, values - spread, values + spread, color="tab:red", alpha=0.15,
+                            label="± reward std (within groups)")
+            ax.legend(fontsize=8, loc="best")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{name}: training curves (TRL log history)")
+    return _save(fig, path)
+
+
 def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     """Write every figure the metrics allow into out_dir; return {name: path}."""
     out_dir = Path(out_dir)
@@ -203,7 +225,10 @@ def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     diversity = plot_diversity(metrics, out_dir / "diversity.png")
     if diversity is not None:
         paths["diversity"] = diversity
+    for name, curve in (metrics.get("training") or {}).items():
+        paths[f"training_{name}"] = plot_training(curve, name, out_dir / f"training_{name}.png")
     stems = ["pass_at_k", "accuracy_vs_compute", "diversity"] + [stem for stem, _ in HISTOGRAMS.values()]
+    stems += [p.stem for p in out_dir.glob("training_*.png")]
     for stem in stems:  # a figure this run cannot draw must not survive from an earlier analysis
         if stem not in paths:
             (out_dir / f"{stem}.png").unlink(missing_ok=True)

@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 PASS_K_COLUMNS = 6  # pass@k columns in the table (powers of two, then the largest k); the plot has all
 
 
@@ -135,6 +137,45 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     out.append(_table(["method", "problems", "correct / samples", "accuracy", "majority vote"]
                       + [f"pass@{k}" for k in ks], rows))
     out.append(_image(plots, "pass_at_k", "pass@k", run_dir))
+
+    extraction_rows = []
+    for name, m in methods.items():
+        ex = m.get("extractions")
+        if ex and ex["disagreements"]:
+            kinds = [k for k in ex if k not in ("disagreements", "records")]
+            extraction_rows.append([name] + [_ci(ex[k]) for k in kinds]
+                                   + [f"{ex['disagreements']} / {ex['records']}"])
+    if extraction_rows:
+        out += ["## Answer extraction", "",
+                "The task reads answers two ways, as evaluation harnesses do: *strict* takes only the final-answer "
+                "format the prompt declares (a completion without one, e.g. cut off at the length limit, is "
+                "wrong); *flexible* takes the last number anywhere. The tables above use the task's own choice "
+                "(the GRPO reward uses the same one). Shown for the methods where the two disagree.", ""]
+        out.append(_table(["method"] + kinds + ["records where they disagree"], extraction_rows))
+        out.append("")
+
+    training = metrics.get("training") or {}
+    if training:
+        out += ["## GRPO training", "",
+                "From the training run's log history (`RUN_DIR/<name>/metrics.json`, one row per logged "
+                "optimizer step): mean reward of the rollouts (± its within-group standard deviation, the "
+                "signal GRPO learns from), completion length and token entropy. Rollouts sample the policy at "
+                "the training temperature; the evaluation above samples at the method's own temperature.", ""]
+        rows = []
+        for name, curve in training.items():
+            def first_last(key):
+                values = [v for v in curve.get(key) or [] if v is not None]
+                if not values:
+                    return "—"
+                k = max(1, len(values) // 5)
+                return f"{np.mean(values[:k]):.3f} → {np.mean(values[-k:]):.3f}"
+            rows.append([name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)",
+                         first_last("reward"), first_last("reward_std"), first_last("completion_length"),
+                         first_last("entropy")])
+        out.append(_table(["run", "steps", "reward (first → last fifth)", "reward std", "completion length",
+                           "entropy"], rows))
+        for name in training:
+            out.append(_image(plots, f"training_{name}", f"{name} training curves", run_dir))
 
     if metrics["paired"]:
         out += ["## Paired comparisons", "",

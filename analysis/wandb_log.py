@@ -27,6 +27,9 @@ def flatten(metrics: dict) -> dict[str, float]:
         out[f"{name}/accuracy"] = m["accuracy"]["value"]
         out[f"{name}/accuracy_low"] = m["accuracy"]["low"]
         out[f"{name}/accuracy_high"] = m["accuracy"]["high"]
+        for extraction, entry in (m.get("extractions") or {}).items():
+            if isinstance(entry, dict):
+                out[f"{name}/accuracy_{extraction}"] = entry["value"]
         for k, v in zip(m["pass_at_k"]["k"], m["pass_at_k"]["value"]):
             out[f"{name}/pass@{k}"] = v
         if m["majority_vote"]:
@@ -71,6 +74,15 @@ def log_to_wandb(wb, metrics: dict, plots: dict, run: Run) -> str | None:
         for row in zip(c["k"], c["value"], c["low"], c["high"]):
             curve.add_data(method, *row)
     logged["tables/pass_at_k"] = curve
+    for name, history in (metrics.get("training") or {}).items():
+        keys = [k for k in history if k != "step"]
+        table = wandb.Table(columns=["step", *keys])
+        for i, step in enumerate(history["step"]):
+            table.add_data(step, *(history[k][i] for k in keys))
+        logged[f"training/{name}"] = table
+        for key in ("reward", "reward_std", "completion_length", "entropy"):
+            if key in keys:
+                logged[f"training/{name}/{key}"] = wandb.plot.line(table, "step", key, title=f"{name} {key}")
     for score in HISTOGRAMS:
         for method, m in run.methods.items():
             values = [s.get(score) for s in map(m.score_of, m.records) if s is not None]

@@ -53,19 +53,15 @@ def check_rollouts(rollouts: str, args: dict | None = None) -> None:
         raise UsageError(f"rollouts must be one of {', '.join(ROLLOUT_KINDS)}, got {rollouts!r}")
     if rollouts != "sharpen" or not args:
         return
-    unsupported = []
-    if args.get("use_vllm"):
-        unsupported.append("use_vllm")
-    if args.get("use_transformers_paged"):
-        unsupported.append("use_transformers_paged")
+    # Other generation backends and generation settings that sample() has no counterpart for.
+    unsupported = [name for name in ("use_vllm", "use_transformers_continuous_batching", "use_transformers_paged")
+                   if args.get(name)]
     if args.get("min_p") is not None:
         unsupported.append(f"min_p ({args['min_p']})")
     if float(args.get("repetition_penalty") or 1.0) != 1.0:
         unsupported.append(f"repetition_penalty ({args['repetition_penalty']})")
     if args.get("generation_kwargs"):
         unsupported.append("generation_kwargs")
-    if args.get("tools"):
-        unsupported.append("tools")
     if args.get("fsdp"):
         # sample() runs a different number of forward passes on each process (rows leave early),
         # which FSDP's per-forward all-gathers cannot follow.

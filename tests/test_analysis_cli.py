@@ -648,3 +648,32 @@ def test_two_processes_share_the_scoring_through_part_files(sampled_run, tmp_pat
         for key in want:
             assert got[key]["logprob_sum"] == pytest.approx(want[key]["logprob_sum"], abs=1e-5)
     assert json.loads((two / "metrics.json").read_text())["analysis"]["scored_now"] == 80
+
+
+def test_extraction_verdicts_and_grpo_training_curves_reach_the_report(sampled_run, tmp_path):
+    run_dir = _copy(sampled_run, tmp_path)
+    records = read_records(run_dir / "samples" / "base.jsonl")
+    # strict agrees with the verdict; flexible also accepts every third record (a rambling last number)
+    for i, r in enumerate(records):
+        r["verdicts"] = {"strict": r["correct"], "flexible": r["correct"] or i % 3 == 0}
+    write_method(run_dir, "base", "base", records, str(sampled_run.parent / "x"), temperature=1.0)
+    history = [{"step": s, "reward": 0.1 * s, "reward_std": 0.3, "completions/mean_length": 20 - s,
+                "entropy": 1.0 / s} for s in range(1, 6)] + [{"train_loss": 0.1, "step": 5}]
+    (run_dir / "grpo" / "metrics.json").write_text(json.dumps({"log_history": history}))
+    metrics = analyze(run_dir, AnalysisConfig(score=False), wandb=None, progress=False)
+    ex = metrics["methods"]["base"]["extractions"]
+    n_flex_only = sum(1 for i, r in enumerate(records) if not r["correct"] and i % 3 == 0)
+    assert ex["disagreements"] == n_flex_only > 0 and ex["records"] == len(records)
+    assert ex["strict"]["value"] == pytest.approx(metrics["methods"]["base"]["accuracy"]["value"])
+    assert ex["flexible"]["value"] > ex["strict"]["value"]
+    assert metrics["methods"]["low_temp"]["extractions"] is None  # no verdicts in those records
+    curve = metrics["training"]["grpo"]
+    assert curve["step"] == [1, 2, 3, 4, 5] and curve["reward"][-1] == pytest.approx(0.5)
+    report = (run_dir / "report.md").read_text()
+    assert "## Answer extraction" in report and f"{n_flex_only} / {len(records)}" in report
+    assert "## GRPO training" in report and (run_dir / "plots" / "training_grpo.png").exists()
+    # Without the log history the section and its plot go.
+    (run_dir / "grpo" / "metrics.json").unlink()
+    analyze(run_dir, AnalysisConfig(score=False), wandb=None, progress=False)
+    assert "## GRPO training" not in (run_dir / "report.md").read_text()
+    assert not (run_dir / "plots" / "training_grpo.png").exists()

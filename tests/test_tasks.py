@@ -148,9 +148,11 @@ def test_humaneval_destructive_code_fails_without_harm(humaneval, tmp_path):
 
 def test_reasoning_gym_splits_are_disjoint_and_seeded():
     task = get_task("basic_arithmetic")
-    test, train = task.load(), task.load(split="train")
-    assert test and train
-    assert not {p["question"] for p in test} & {p["question"] for p in train}
+    test, train, validation = task.load(), task.load(split="train"), task.load(split="validation")
+    assert test and train and validation
+    questions = [{p["question"] for p in split} for split in (test, train, validation)]
+    assert not questions[0] & questions[1] and not questions[0] & questions[2] and not questions[1] & questions[2]
+    assert len(questions[2]) < len(questions[0]) < len(questions[1])
     assert [p["question"] for p in task.load(limit=20)] == [p["question"] for p in get_task("basic_arithmetic").load(limit=20)]
     assert [p["question"] for p in task.load(limit=20, seed=1)] != [p["question"] for p in task.load(limit=20)]
 
@@ -163,6 +165,31 @@ def test_reasoning_gym_grading_uses_the_last_number():
     assert task.grade(problem, f"{answer} is wrong, it is {int(answer) + 1}") == 0.0
     assert task.grade(problem, "no idea") == 0.0
     assert task.extract_answer("x = -12.") == "-12"
+
+
+def test_strict_extraction_needs_the_declared_final_answer():
+    strict = get_task("basic_arithmetic", answer_format="answer_is", extraction="strict")
+    flexible = get_task("basic_arithmetic", answer_format="answer_is")
+    problem = strict.load(limit=1)[0]
+    answer = problem["answer"]
+    assert strict.prompt_text(problem).endswith('Finish with "The answer is <number>."')
+    assert flexible.prompt_text(problem) == strict.prompt_text(problem)
+    assert get_task("basic_arithmetic").prompt_text(problem) == problem["question"]  # the bare question by default
+    # The rambling case from a GRPO rollout: text cut off at the length limit whose last number matches.
+    rambling = f"4 feet. My step is 1.7% over 10 feet. So the distance is {answer}"
+    assert flexible.grade(problem, rambling) == 1.0 and strict.grade(problem, rambling) == 0.0
+    assert strict.grade_all(problem, rambling) == {"flexible": 1.0, "strict": 0.0}
+    assert strict.grade(problem, f"First 1 + 1 = 2. The answer is {answer}.") == 1.0
+    assert strict.grade(problem, f"The answer is {answer}. No wait, the answer is {int(answer) + 1}.") == 0.0
+    assert strict.extract_answer(f"The answer is: {answer}") == answer
+    boxed = get_task("basic_arithmetic", answer_format="boxed", extraction="strict")
+    assert boxed.grade(problem, f"so \\boxed{{{answer}}}") == 1.0 and boxed.grade(problem, answer) == 0.0
+    assert get_task("basic_arithmetic").grade_all(problem, answer) == {}  # one extraction: no verdicts
+    for options, message in (({"extraction": "strict"}, "needs an answer_format"),
+                             ({"answer_format": "latex"}, "unknown answer_format 'latex'"),
+                             ({"extraction": "loose"}, "unknown extraction 'loose'")):
+        with pytest.raises(UsageError, match=message):
+            get_task("basic_arithmetic", **options)
 
 
 def test_reasoning_gym_families_and_options():

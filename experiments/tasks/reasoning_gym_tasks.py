@@ -3,7 +3,7 @@
     task = get_task("basic_arithmetic")                       # 2 one-digit terms, + and -
     task = get_task("basic_arithmetic", answer_format="answer_is", extraction="strict")
     task = get_task("reasoning_gym", dataset="chain_sum", min_terms=2, max_terms=3)
-    train = task.load(limit=200, split="train")               # disjoint from the test split
+    train = task.load(limit=200, split="train")               # disjoint from the test and validation splits
 
 Answers are read the way evaluation harnesses read them (lm-evaluation-harness's GSM8K):
 - `flexible` (the default): the last number anywhere in the completion;
@@ -38,7 +38,7 @@ DEFAULT_SIZE = 1000
 
 
 class ReasoningGym(Task):
-    splits = ("test", "train")
+    splits = ("test", "validation", "train")  # validation: carved out of the training questions, for recipes
     grader_libraries = ("reasoning-gym",)
 
     def __init__(self, dataset: str = "basic_arithmetic", size: int = DEFAULT_SIZE, answer_format: str | None = None,
@@ -130,10 +130,15 @@ class ReasoningGym(Task):
         return self._scorer_data
 
 
-def question_split(question: str, test_fraction: float = 0.3) -> str:
-    """'test' for a stable ~30% of all possible questions, 'train' for the rest."""
-    bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little")
-    return "test" if bucket % 1000 < test_fraction * 1000 else "train"
+def question_split(question: str, test_fraction: float = 0.3, validation_fraction: float = 0.1) -> str:
+    """'test' for a stable ~30% of all possible questions, 'validation' for ~10%, 'train' for the rest.
+
+    Recipes (GRPO hyperparameters, prompts) are chosen on validation, never on test.
+    """
+    bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=4).digest(), "little") % 1000
+    if bucket < test_fraction * 1000:
+        return "test"
+    return "validation" if bucket < (test_fraction + validation_fraction) * 1000 else "train"
 
 
 def basic_arithmetic(**options) -> ReasoningGym:
