@@ -303,6 +303,9 @@ def _prepare(settings: GrpoSettings, processes: int, *, model_known: bool = True
             raise UsageError(f"task '{task.name}' gave no train problems")
     check_grpo_args(settings.grpo, processes, len(prep.problems))
     check_rollouts(run.rollouts, settings.grpo)
+    if run.rollouts == "sharpen" and run.accelerate_config and _uses_fsdp(run.accelerate_config):
+        raise UsageError(f"rollouts: sharpen does not run under FSDP ({run.accelerate_config}): each process "
+                         f"decodes a different number of steps; use rollouts: trl")
     prep.identity = identity(settings, prep.base_spec)
     _check_run(settings.output_dir, prep.identity, prep.revision)
     return prep
@@ -555,6 +558,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _uses_fsdp(path: str) -> bool:
+    from accelerate.utils import DistributedType
+
+    return check_accelerate_config(path).distributed_type == DistributedType.FSDP
 
 
 def check_accelerate_config(path: str):

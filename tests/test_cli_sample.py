@@ -139,7 +139,7 @@ def test_wall_seconds_of_records_add_up_to_the_elapsed_time(tiny_checkpoint, tmp
     (["--task", "humaneval"], "prompts must be shorter than the context"),
     (["--task", "math500", "--task-args", "data_path={tmp}/missing.json"], "does not exist"),
     (["--task-args", "novalue"], "KEY=VALUE"),
-    (["--split", "validation"], "no split 'validation'"),
+    (["--split", "dev"], "no split 'dev': it has test, validation, train"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
