@@ -16,15 +16,13 @@ every process scores a share; the main process alone writes the results.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from common.errors import UsageError
-from common.files import resolve_local, write_text_atomic
+from common.files import resolve_local, write_atomic, write_text_atomic
 from common.processes import current_shard
 from common.tracking import WandbConfig, start_run
 
@@ -109,15 +107,8 @@ def embed_run(run: Run, mode: str, *, device=None) -> tuple[dict | None, str]:
         vectors = Embedder(device).encode([texts[k] for k in missing])
         cache.update(zip(missing, vectors))
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        # Binary, so not common.files.write_text_atomic: a temp file beside it, then os.replace.
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.stem}.", suffix=".npz", dir=cache_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
-            os.replace(tmp, cache_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(cache_path, lambda f: np.savez(f, keys=np.array(list(cache)),
+                                                     vectors=np.stack(list(cache.values()))))
     out = {name: {pid: np.stack([cache[digest(r["completion"])] for r in v]) for pid, v in g.items()}
            for name, g in groups.items()}
     return out, f"{Embedder.name} ({len(missing)} new, {len(texts) - len(missing)} cached)"

@@ -33,7 +33,11 @@ from common.errors import UsageError
 from common.records import read_records, record_key
 
 # The order of method kinds in tables and plots; other kinds follow alphabetically, instances by name.
-METHOD_ORDER = ("base", "low_temp", "power_mh", "grpo")
+def _method_order() -> list[str]:
+    """Registered methods in registration order (base, low_temp, power_mh, grpo, then any added)."""
+    from sampling.methods import registered_methods
+
+    return registered_methods()
 REQUIRED_FIELDS = ("problem_id", "sample_idx", "prompt", "completion", "completion_ids", "correct")
 SCORE_VALUES = ("logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens")
 _PART = re.compile(r"\.part\d+$")
@@ -99,9 +103,10 @@ def method_sort_key(kind: str, name: str):
     >>> [n for _, n in sorted(names, key=lambda kn: method_sort_key(*kn))]
     ['base', 'low_temp', 'power_mh_a2', 'power_mh_a16', 'zeta']
     """
-    rank = METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER)
+    order = _method_order()
+    rank = order.index(kind) if kind in order else len(order)
     natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # str, int, str, ... aligned
-    return rank, "" if kind in METHOD_ORDER else kind, natural
+    return rank, "" if kind in order else kind, natural
 
 
 def record_digest(record: dict) -> str:

@@ -1,6 +1,7 @@
 """Small file rules used everywhere: atomic writes, and whether a model spec names a local path.
 
     write_text_atomic(run_dir / "metrics.json", text)   # readers never see half a file
+    write_atomic(cache_path, lambda f: np.savez(f, **arrays))   # the same for binary files
     looks_like_path("./ckpt") -> True; looks_like_path("Qwen/Qwen2.5-Math-7B") -> False
 """
 
@@ -9,21 +10,19 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one.
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through `write(binary_file)` so that a reader sees the old file or the new one, never half.
 
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
-    >>> write_text_atomic(p, "one"); write_text_atomic(p, "two"); p.read_text()
-    'two'
+    A temp file beside `path`, fsynced, then os.replace; a failed write leaves the old file and no temp file.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
@@ -31,6 +30,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`write_atomic` for text (UTF-8).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> write_text_atomic(p, "one"); write_text_atomic(p, "two"); p.read_text()
+    'two'
+    """
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def looks_like_path(spec: str) -> bool:

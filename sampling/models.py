@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.files import looks_like_path
+
 BUILTIN_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 
@@ -111,7 +113,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
     local = Path(path)
     if local.is_dir() and (local / "adapter_config.json").exists():
         return _load_adapter(local, device, dtype)
-    if not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+    if not local.exists() and looks_like_path(spec):
         raise ModelLoadError(
             f"model '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
             f"or a built-in name ({', '.join(BUILTIN_MODELS)})"

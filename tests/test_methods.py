@@ -10,7 +10,7 @@ import pytest
 from common.records import read_records
 from experiments.cli import main
 from sampling import SampleResult, eos_token_ids
-from sampling.methods import METHODS, Method, get_method, register, registered_methods, unregister
+from sampling.methods import Method, get_method, register, registered_methods, unregister
 
 
 @dataclass
