@@ -114,18 +114,29 @@ def embed_run(run: Run, mode: str, *, device=None) -> tuple[dict | None, str]:
     return out, f"{Embedder.name} ({len(missing)} new, {len(texts) - len(missing)} cached)"
 
 
-def training_costs(run: Run) -> tuple[dict, list[str]]:
-    """{name: cost} from RUN_DIR/<name>/cost.json where the study wrote one (e.g. GRPO training)."""
-    costs, warnings = {}, []
+def _training_files(run: Run, filename: str, what: str) -> tuple[dict, list[str]]:
+    """{name: parsed JSON} of RUN_DIR/<name>/<filename> where the study's training stage wrote one."""
+    found, warnings = {}, []
     for name in run.methods:
-        path = run.dir / name / "cost.json"
+        path = run.dir / name / filename
         if not path.exists():
             continue
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
-            warnings.append(f"{path.relative_to(run.dir)} is not valid JSON: its training cost was left out")
+            data = None
+        if not isinstance(data, dict):
+            warnings.append(f"{path.relative_to(run.dir)} is not a JSON object: its {what} was left out")
             continue
+        found[name] = data
+    return found, warnings
+
+
+def training_costs(run: Run) -> tuple[dict, list[str]]:
+    """{name: cost} from RUN_DIR/<name>/cost.json where the study wrote one (e.g. GRPO training)."""
+    files, warnings = _training_files(run, "cost.json", "training cost")
+    costs = {}
+    for name, data in files.items():
         keep = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if keep:
             costs[name] = keep
@@ -139,16 +150,10 @@ TRAINING_CURVES = {"reward": "reward", "reward_std": "reward_std", "completions/
 
 def training_curves(run: Run) -> tuple[dict, list[str]]:
     """{name: {"step": [...], "reward": [...], ...}} from RUN_DIR/<name>/metrics.json (TRL's log history)."""
-    curves, warnings = {}, []
-    for name in run.methods:
-        path = run.dir / name / "metrics.json"
-        if not path.exists():
-            continue
-        try:
-            history = json.loads(path.read_text()).get("log_history") or []
-        except (json.JSONDecodeError, AttributeError):
-            warnings.append(f"{path.relative_to(run.dir)} is not a GRPO metrics file: its training curves were left out")
-            continue
+    files, warnings = _training_files(run, "metrics.json", "training curves")
+    curves = {}
+    for name, data in files.items():
+        history = data.get("log_history") or []
         rows = [row for row in history if isinstance(row, dict) and isinstance(row.get("reward"), (int, float))]
         if not rows:
             continue
