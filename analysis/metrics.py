@@ -244,7 +244,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
         config = m.config or {}
         temps = sorted({r.get("temperature") for r in m.records if r.get("temperature") is not None})
         files[name] = {"path": str(m.path.relative_to(run.dir)) if m.path.is_relative_to(run.dir) else str(m.path),
-                       "records": len(m.records), "first_line": m.lines[0], "last_line": m.lines[-1],
+                       "records": len(m.records), "first_line": min(m.lines), "last_line": max(m.lines),
                        "sha256": m.sha256, "method": m.kind, "model": m.model,
                        "temperature": temps[0] if temps else None, "identity": config.get("identity"),
                        "settings": m.settings, "grader_version": config.get("grader_version"),

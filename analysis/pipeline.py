@@ -23,6 +23,7 @@ from pathlib import Path
 
 from common.errors import UsageError
 from common.files import resolve_local, write_atomic, write_text_atomic
+from common.locks import hold_run_dir
 from common.processes import current_shard
 from common.tracking import WandbConfig, start_run
 
@@ -177,16 +178,21 @@ def analyze(run_dir, config: AnalysisConfig | None = None, *, wandb: WandbConfig
     `accelerate launch` (default common.processes.current_shard()); every process must call,
     the others help with scoring and get None.
     """
-    from .metrics import clean_for_json, compute_metrics
-    from .plots import make_plots
-    from .report import render_report
-    from .wandb_log import log_to_wandb
-
     started = time.time()
     config = config or AnalysisConfig()
     shard = shard or current_shard()
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir)  # refuses a missing or empty run directory before the lock would create one
+    with hold_run_dir(run_dir, "analyze"):
+        return _analyze_locked(run, run_dir, config, wandb, wandb_name, model, tokenizer, shard, progress, started)
+
+
+def _analyze_locked(run, run_dir: Path, config: AnalysisConfig, wandb, wandb_name, model, tokenizer, shard, progress,
+                    started: float) -> dict | None:
+    from .metrics import clean_for_json, compute_metrics
+    from .plots import make_plots
+    from .report import render_report
+    from .wandb_log import log_to_wandb
 
     if config.score:
         from .scoring import score_run

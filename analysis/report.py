@@ -350,4 +350,9 @@ def _provenance(metrics: dict) -> list[str]:
                      f.get("grader_version") or "—",
                      f"`{f['model_revision']}`" if f.get("model_revision") else "—"])
     out.append(_table(["name", "code", "sampling sessions", "grader version", "model revision"], rows))
+    unsandboxed = [name for name, f in metrics["files"].items() if "sandbox=unsandboxed" in (f.get("grader_version") or "")]
+    if unsandboxed:
+        out += ["", f"**Graded unsandboxed:** {', '.join(unsandboxed)}. bwrap was missing or could not create "
+                    "namespaces, so the programs ran under the process guard only (the verdict is still the "
+                    "tests', but the programs could reach the network and the user's files)."]
     return out

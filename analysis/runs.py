@@ -62,7 +62,7 @@ class MethodRecords:
     scores: dict[tuple, dict] = field(default_factory=dict)  # (problem_id, sample_idx) -> base-model scores
 
     def by_problem(self) -> dict[str, list[dict]]:
-        """Records grouped by problem id (in first-seen order), each group sorted by sample_idx."""
+        """Records grouped by problem id (in (problem_id, sample_idx) order, as read_method_file sorts them)."""
         groups: dict[str, list[dict]] = {}
         for record in self.records:
             groups.setdefault(str(record["problem_id"]), []).append(record)
@@ -137,12 +137,15 @@ def read_method_file(path: str | Path) -> MethodRecords:
         if missing:
             raise InputError(f"{path}:{number} lacks the field(s) {', '.join(missing)}: every record needs "
                              f"{', '.join(REQUIRED_FIELDS)}")
-        if not isinstance(record["completion_ids"], list):
-            raise InputError(f"{path}:{number}: completion_ids must be a list of token ids")
+        _check_values(record, f"{path}:{number}")
         if record["correct"] not in (True, False):  # 0 and 1 compare equal to False and True
             raise InputError(f"{path}:{number}: correct must be true or false, got {record['correct']!r}")
         records.append(record)
         lines.append(number)
+    # Every statistic reads records in (problem_id, sample_idx) order, whatever order the
+    # processes and sessions that wrote them appended them in: intervals do not depend on it.
+    order = sorted(range(len(records)), key=lambda i: record_key(records[i]))
+    records, lines = [records[i] for i in order], [lines[i] for i in order]
     config_path = path.with_name(f"{name}.config.json")
     config = None
     if config_path.exists():
@@ -154,6 +157,36 @@ def read_method_file(path: str | Path) -> MethodRecords:
     method = MethodRecords(name, path, records, lines, config, hashlib.sha256(raw).hexdigest(), sessions, warnings)
     _check_consistency(method)
     return method
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(record: dict, where: str) -> None:
+    """Refuse values that would turn a statistic into nonsense: NaN or infinite numbers, non-integer ids."""
+    import math
+
+    ids = record["completion_ids"]
+    if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
+        raise InputError(f"{where}: completion_ids must be a list of non-negative integer token ids")
+    if not _is_int(record["sample_idx"]) or record["sample_idx"] < 0:
+        raise InputError(f"{where}: sample_idx must be a non-negative integer, got {record['sample_idx']!r}")
+    if not isinstance(record["problem_id"], (str, int)) or isinstance(record["problem_id"], bool):
+        raise InputError(f"{where}: problem_id must be a string or an integer, got {record['problem_id']!r}")
+    for key in ("score", "base_logprob_sum", "base_logprob_mean", "num_tokens"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise InputError(f"{where}: {key} must be a finite number, got {value!r}")
+    logprobs = record.get("token_logprobs")
+    if logprobs is not None and not (isinstance(logprobs, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in logprobs)):
+        raise InputError(f"{where}: token_logprobs must be a list of finite numbers")
+    cost = record.get("cost")
+    if isinstance(cost, dict):
+        for key, value in cost.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{where}: cost.{key} must be a finite number, got {value!r}")
 
 
 def _check_consistency(method: MethodRecords) -> None:
@@ -197,6 +230,8 @@ def load_run(run_dir: str | Path) -> Run:
     """Every method file of RUN_DIR/samples, in table order; InputError if there is nothing to analyse."""
     run_dir = Path(run_dir)
     samples = run_dir / "samples"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"'{run_dir}' is a file, not a run directory: give the directory holding samples/")
     if not run_dir.is_dir():
         raise InputError(f"run directory '{run_dir}' does not exist")
     if not samples.is_dir():

@@ -1,5 +1,7 @@
 """Small file rules used everywhere: atomic writes, and whether a model spec names a local path.
 
+    check_output_dir("runs/demo")                       # UsageError if it is (or lies under) a file
+    make_output_dir("runs/demo")                        # create it, or say in one line why not
     write_text_atomic(run_dir / "metrics.json", text)   # readers never see half a file
     write_atomic(cache_path, lambda f: np.savez(f, **arrays))   # the same for binary files
     looks_like_path("./ckpt") -> True; looks_like_path("Qwen/Qwen2.5-Math-7B") -> False
@@ -11,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import UsageError
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -60,3 +64,27 @@ def resolve_local(spec: str) -> str:
     """An existing local path made absolute (so the same model has one name from any directory); else `spec`."""
     path = Path(str(spec)).expanduser()
     return str(path.resolve()) if path.exists() else str(spec)
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse, before any work, an output directory that is a file, lies under one, or cannot be written."""
+    path = Path(path).expanduser()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+                raise UsageError(f"{what} '{path}' {where}: give a directory")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise UsageError(f"{what} '{path}' cannot be written here ({existing} is not writable)")
+            break
+    return path
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create a run directory (and parents), or say in one line why it cannot be written."""
+    path = check_output_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output directory '{path}': {err.strerror}") from None
+    return path

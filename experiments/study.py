@@ -23,20 +23,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from common.errors import UsageError
-from common.files import looks_like_path, write_text_atomic
+from common.files import check_output_dir, looks_like_path, write_text_atomic
+from common.locks import clear_run_dir, hold_run_dir, holds_only_lock
 from common.processes import current_shard
 from common.provenance import environment
-from common.records import make_output_dir, read_records
+from common.records import read_records
 from common.tracking import start_run
 from sampling.methods import get_method
 
-from .sample import SampleRunArgs, format_summary as format_sampling, run as run_sampling, summarize
+from .sample import SampleRunArgs, format_summary as format_sampling, load_problems, run as run_sampling, summarize
 from .study_config import StudyConfig, load_study_config
 from .tasks import get_task
 
@@ -98,28 +98,41 @@ def preflight(config: StudyConfig) -> None:
         else:
             check_model_available(config.grpo.checkpoint, "grpo.checkpoint")
     check_model_available(config.model)
-    if not task.load(limit=1, seed=config.seed, split=config.split):
-        raise UsageError(f"task '{config.task}' gave no problems for split '{config.split}'")
+    load_problems(task, config.task, limit=config.num_problems, seed=config.seed, split=config.split)
+
+
+def _has_finished_work(run_dir: Path) -> bool:
+    """Whether a study directory holds anything a rerun would build on: records, or GRPO checkpoints."""
+    samples = run_dir / "samples"
+    if samples.is_dir() and any(read_records(p) for p in samples.glob("*.jsonl")
+                                if not p.name.endswith(".sessions.jsonl")):
+        return True
+    grpo = run_dir / "grpo"
+    return grpo.is_dir() and ((grpo / "cost.json").exists() or any(grpo.glob("checkpoint-*")))
 
 
 def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
-    """Refuse a directory holding another study (unless overwrite); record this study's config."""
+    """Refuse a directory holding another study (unless overwrite); record this study's config.
+
+    Called with the directory's lock held. A study.json whose study finished nothing (a first try
+    that failed before any record or checkpoint) binds nothing: the corrected study replaces it.
+    """
     run_dir = Path(config.output_dir)
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
         saved = json.loads(saved_path.read_text()).get("identity", {})
         mine = config.identity()
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-        if diff and not overwrite:
+        if diff and _has_finished_work(run_dir) and not overwrite:
             raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
                              f"use another output_dir, or --overwrite to delete it")
-        if diff:
-            shutil.rmtree(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise UsageError(f"{run_dir} is not empty and holds no study: use another output_dir, or --overwrite")
-    elif run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
-    make_output_dir(run_dir)
+        if diff and overwrite:
+            clear_run_dir(run_dir)
+    elif not holds_only_lock(run_dir):
+        if not overwrite:
+            raise UsageError(f"{run_dir} is not empty and holds no study: use another output_dir, or --overwrite "
+                             f"(which deletes only a directory that sharpen wrote)")
+        clear_run_dir(run_dir)
     write_text_atomic(saved_path, json.dumps({"identity": config.identity(), "config": asdict(config),
                                               "environment": environment()}, indent=2, default=str))
     return run_dir
@@ -166,15 +179,21 @@ def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -
 
 def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
     """Run every stage that is not complete; return the analysis metrics (main process) or None."""
+    shard = current_shard()
+    check_output_dir(config.output_dir, "output_dir")
+    # wandb's banner for each of the study's runs would bury the study's own summary lines.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with hold_run_dir(config.output_dir, "study"):  # a second writer is refused before any check or work
+        preflight(config)
+        return _run_stages(config, shard, overwrite, progress)
+
+
+def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> dict | None:
     import analysis
     from sampling import load_model
 
-    shard = current_shard()
-    preflight(config)
-    # wandb's banner for each of the study's runs would bury the study's own summary lines.
-    os.environ.setdefault("WANDB_SILENT", "true")
     if shard.is_main:
-        run_dir = claim_output_dir(config, overwrite)
+        claim_output_dir(config, overwrite)
     shard.wait()
     run_dir = Path(config.output_dir)
 
@@ -222,15 +241,16 @@ def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = 
 def make_parser():
     import argparse
 
-    parser = argparse.ArgumentParser(prog="sharpen study", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import PlainArgumentParser
+
+    parser = PlainArgumentParser(prog="sharpen study", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="testbed",
                         help="Study YAML file, or a preset name from experiments/configs/ (default: testbed).")
     parser.add_argument("--output-dir", help="Run directory (default: the config's output_dir, else runs/<name>).")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Delete an output directory that holds a study with other settings.")
+                        help="Delete an output directory that holds a study with other settings (only one that sharpen wrote).")
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. power_mh.mcmc_steps=4.")
-    parser.error = lambda message: parser.exit(2, f"sharpen study: error: {message} (see sharpen study --help)\n")
     return parser
 
 

