@@ -30,7 +30,8 @@ from .runs import MethodRecords, Run
 from .stats import holm, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
 
 SCORE_NAMES = ("logprob_mean", "logprob_sum", "confidence", "self_certainty")
-COST_FIELDS = ("sampled_tokens", "forward_tokens", "wall_seconds", "proposals", "accepted")
+COST_FIELDS = ("sampled_tokens", "forward_tokens", "wall_seconds", "proposals", "accepted", "rollout_tokens",
+               "resamples")
 
 
 def completion_tokens(record: dict) -> list[int]:
@@ -204,6 +205,7 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             warnings.append(f"{name}: {len(records) - cost['records_with_cost']} record(s) carry no cost; "
                             f"costs sum the others")
         methods[name] = {
+            "kind": run.methods[name].kind,  # the registered method that made the records
             "problems": len(groups), "samples": len(records),
             "samples_per_problem": {"min": n_min[name], "max": n_max[name]},
             "correct": int(sum(c)),

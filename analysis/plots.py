@@ -4,6 +4,8 @@
 
 pass_at_k.png             pass@k against k, one line and interval band per method
 accuracy_vs_compute.png   pass@k against forward tokens spent per problem on k samples
+frontier.png              accuracy against forward tokens and wall seconds per completion: every instance a
+                          point, the instances of one method joined into its curve
 base_logprob_mean.png     histogram of per-token base log-likelihood, per method
 base_confidence.png       histogram of confidence (negative entropy) under the base model
 base_self_certainty.png   histogram of self-certainty under the base model
@@ -119,6 +121,52 @@ def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def frontier_points(metrics: dict) -> dict[str, list[dict]]:
+    """Per registered method, its instances as (forward tokens, wall s per completion, accuracy) points by cost."""
+    curves: dict[str, list[dict]] = {}
+    for name, m in metrics["methods"].items():
+        cost = m["cost"]
+        forward = (cost.get("forward_tokens") or {}).get("per_sample")
+        wall = (cost.get("wall_seconds") or {}).get("per_sample")
+        if forward is None:
+            continue
+        curves.setdefault(m.get("kind", name), []).append(
+            {"name": name, "forward_tokens": forward, "wall_seconds": wall, **m["accuracy"]})
+    return {kind: sorted(points, key=lambda p: p["forward_tokens"]) for kind, points in curves.items()}
+
+
+def plot_frontier(metrics: dict, path: Path) -> Path | None:
+    """Accuracy (with its interval) against compute and against wall time per completion, one curve per method."""
+    curves = frontier_points(metrics)
+    if not curves:
+        return None
+    colors = dict(zip(curves, plt.get_cmap("tab10").colors * 3))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "forward_tokens", "forward tokens per completion (compute)"),
+                           (axes[1], "wall_seconds", "wall seconds per completion (share of batched time)")):
+        for kind, points in curves.items():
+            points = [p for p in points if p[key] is not None]
+            if not points:
+                continue
+            x = np.array([p[key] for p in points])
+            y = np.array([p["value"] for p in points])
+            err = np.array([[p["value"] - p["low"] for p in points], [p["high"] - p["value"] for p in points]])
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", ms=4, capsize=2, color=colors[kind],
+                        label=kind)
+            if len(points) > 1:
+                for p in points:
+                    ax.annotate(p["name"], (p[key], p["value"]), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (pass@1)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle("one frontier: every method instance at its cost (training cost not included)", fontsize=10)
+    return _save(fig, path)
+
+
 def score_values(run: Run, name: str) -> dict[str, np.ndarray]:
     """Each method's values of base-model score `name`, one per scored record (table order)."""
     out = {}
@@ -225,9 +273,12 @@ def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     diversity = plot_diversity(metrics, out_dir / "diversity.png")
     if diversity is not None:
         paths["diversity"] = diversity
+    frontier = plot_frontier(metrics, out_dir / "frontier.png")
+    if frontier is not None:
+        paths["frontier"] = frontier
     for name, curve in (metrics.get("training") or {}).items():
         paths[f"training_{name}"] = plot_training(curve, name, out_dir / f"training_{name}.png")
-    stems = ["pass_at_k", "accuracy_vs_compute", "diversity"] + [stem for stem, _ in HISTOGRAMS.values()]
+    stems = ["pass_at_k", "accuracy_vs_compute", "diversity", "frontier"] + [stem for stem, _ in HISTOGRAMS.values()]
     stems += [p.stem for p in out_dir.glob("training_*.png")]
     for stem in stems:  # a figure this run cannot draw must not survive from an earlier analysis
         if stem not in paths:

@@ -290,6 +290,7 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
         header += ["training wall s", "training rollout tokens", "optimizer steps"]
     out.append(_table(header, rows))
     out.append(_image(plots, "accuracy_vs_compute", "accuracy against compute", run_dir))
+    out += _frontier(metrics, plots, run_dir)
 
     out += _provenance(metrics)
 
@@ -331,6 +332,30 @@ def _code(env: dict | None) -> str:
     if env.get("git_commit"):
         text += f" @ {env['git_commit'][:10]}" + (" (dirty)" if env.get("git_dirty") else "")
     return text
+
+
+def _frontier(metrics: dict, plots: dict, run_dir) -> list[str]:
+    from .plots import frontier_points
+
+    curves = frontier_points(metrics)
+    if not curves:
+        return []
+    out = ["", "### One frontier", "",
+           "Every method instance at its cost per completion, on the same axes. *Compute* is forward tokens: "
+           "every token run through the model for that completion (prompt prefill, proposals, particles, "
+           "rollouts). *Wall s* is the completion's share of the measured sampling time when its rows "
+           "(chains, particles, rollouts) ran batched with others: a throughput cost on this machine, not "
+           "the latency of one completion alone (`python -m experiments.bench_samplers` measures that). "
+           "Instances of one method (e.g. two budgets of particles or MH steps) form its curve.", ""]
+    rows = []
+    for kind, points in curves.items():
+        for p in points:
+            rows.append([p["name"], kind, _f(p["forward_tokens"], 1), _f(p["wall_seconds"], 4),
+                         _ci(p)])
+    out.append(_table(["instance", "method", "forward tokens / completion", "wall s / completion",
+                       "accuracy"], rows))
+    out.append(_image(plots, "frontier", "one frontier: accuracy against cost", run_dir))
+    return out
 
 
 def _provenance(metrics: dict) -> list[str]:

@@ -35,6 +35,8 @@ from typing import Callable
 from .draw import validate_processing
 from .generate import SampleResult, sample
 from .power import PowerSamplingConfig, power_sample
+from .smc import SMCConfig, smc_sample
+from .sps import SPSConfig, sps_sample
 
 
 def _check_sizes(settings) -> None:
@@ -89,6 +91,14 @@ def _run_plain(model, prompts, settings, *, seeds, on_result=None) -> list[Sampl
 
 def _run_power(model, prompts, settings, *, seeds, on_result=None) -> list[SampleResult]:
     return power_sample(model, prompts, settings, seeds=seeds, on_result=on_result)
+
+
+def _run_smc(model, prompts, settings, *, seeds, on_result=None) -> list[SampleResult]:
+    return smc_sample(model, prompts, settings, seeds=seeds, on_result=on_result)
+
+
+def _run_sps(model, prompts, settings, *, seeds, on_result=None) -> list[SampleResult]:
+    return sps_sample(model, prompts, settings, seeds=seeds, on_result=on_result)
 
 
 @dataclass(frozen=True)
@@ -169,3 +179,10 @@ register(Method("power_mh", PowerSamplingConfig, _run_power,
                 temperature=lambda s: float(s.proposal_temperature), chunked=False,
                 not_identity=("batch_size", "implementation")))
 register(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl"))
+register(Method("power_smc", SMCConfig, _run_smc,
+                "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
+                temperature=lambda s: float(s.proposal_temperature), chunked=False))
+register(Method("power_sps", SPSConfig, _run_sps,
+                "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
+                "p(x)^alpha (arXiv 2601.21590)",
+                temperature=lambda s: 1.0))  # the rollouts' temperature; the decisions have none

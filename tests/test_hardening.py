@@ -42,6 +42,18 @@ def one_line_error(done, *needles):
     return lines[0]
 
 
+def cli_error(capsys, *args, needles=()):
+    """`sharpen ARGS` in this process: exit status 2 and one error line (progress bars aside) holding `needles`."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, (code, err[-2000:])
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
 @pytest.fixture
 def holder(tmp_path):
     """Another process that holds a run directory's lock until the test ends."""
@@ -65,18 +77,18 @@ def holder(tmp_path):
 
 # ---- one writer per run directory -------------------------------------------------------------
 
-def test_a_second_writer_is_refused_naming_the_holder(tmp_path, holder, tiny_checkpoint):
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, holder, tiny_checkpoint, capsys):
     run_dir = tmp_path / "run"
     process = holder(run_dir, "sample")
-    done = run_cli("sample", "--model", tiny_checkpoint, "--task", "basic_arithmetic", "--num-problems", 2,
-                   "--output-dir", run_dir)
-    line = one_line_error(done, str(run_dir), f"process {process.pid}", "sharpen sample", "one writer")
+    line = cli_error(capsys, "sample", "--model", tiny_checkpoint, "--task", "basic_arithmetic", "--num-problems", 2,
+                     "--output-dir", run_dir,
+                     needles=(str(run_dir), f"process {process.pid}", "sharpen sample", "one writer"))
     assert "wait for it" in line
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # nothing written beside the lock
     # analyze and grpo into the same directory are refused the same way
     (run_dir / "samples").mkdir()
     (run_dir / "samples" / "base.jsonl").write_text(json.dumps(_record("base", "p0", 0, True)) + "\n")
-    one_line_error(run_cli("analyze", run_dir, "--no-score", "--wandb", "off"), f"process {process.pid}")
+    cli_error(capsys, "analyze", run_dir, "--no-score", "--wandb", "off", needles=(f"process {process.pid}",))
 
 
 def test_a_directory_inside_a_held_one_is_held_too(tmp_path, holder):
@@ -141,16 +153,15 @@ def test_two_concurrent_samplers_write_every_record_once(tmp_path, tiny_checkpoi
 
 # ---- each command writes only its own files ---------------------------------------------------
 
-def test_grpo_refuses_a_study_or_sampling_directory_but_takes_a_study_stage(tmp_path):
+def test_grpo_refuses_a_study_or_sampling_directory_but_takes_a_study_stage(tmp_path, capsys):
     from experiments.grpo import _check_owned
 
     study = tmp_path / "study"
     (study / "samples").mkdir(parents=True)
     (study / "study.json").write_text("{}")
     (study / "metrics.json").write_text("{}")
-    done = run_cli("grpo", "--model", "smollm2-135m", "--task", "basic_arithmetic", "--output-dir", study,
-                   "--max-steps", 1)
-    one_line_error(done, "holds a study or sampling records", str(study / "grpo"))
+    cli_error(capsys, "grpo", "--model", "smollm2-135m", "--task", "basic_arithmetic", "--output-dir", study,
+              "--max-steps", 1, needles=("holds a study or sampling records", str(study / "grpo")))
     assert (study / "metrics.json").read_text() == "{}"
     (study / "grpo").mkdir()
     _check_owned(study / "grpo")  # the study's own stage is fine
@@ -216,25 +227,23 @@ def test_study_identity_does_not_depend_on_the_working_directory(tmp_path, tiny_
     ("grpo.num_generations=3", "num_generations"),
     ("task_args.colour=red", "colour"),
 ])
-def test_a_rejected_study_writes_nothing(tmp_path, override, message):
+def test_a_rejected_study_writes_nothing(tmp_path, override, message, capsys):
     run_dir = tmp_path / "study"
-    done = run_cli("study", "--config", "testbed", override, f"output_dir={run_dir}")
-    one_line_error(done, message)
+    cli_error(capsys, "study", "--config", "testbed", override, f"output_dir={run_dir}", needles=(message,))
     assert not run_dir.exists()
 
 
-def test_a_session_that_wrote_no_record_does_not_block_the_corrected_command(tmp_path, tiny_checkpoint):
+def test_a_session_that_wrote_no_record_does_not_block_the_corrected_command(tmp_path, tiny_checkpoint, capsys):
     run_dir = tmp_path / "run"
-    args = ["sample", "--model", tiny_checkpoint, "--task", "basic_arithmetic", "--num-problems", 2,
-            "--max-new-tokens", 8, "--output-dir", run_dir]
-    assert run_cli(*args, "--seed", 7).returncode == 0
+    args = ["sample", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--num-problems", "2",
+            "--max-new-tokens", "8", "--output-dir", str(run_dir)]
+    assert main([*args, "--seed", "7"]) == 0
     records = run_dir / "samples" / "base.jsonl"
     records.write_text("")  # as if that session had died before its first record
-    done = run_cli(*args, "--seed", 8)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([*args, "--seed", "8"]) == 0
     assert json.loads((run_dir / "samples" / "base.config.json").read_text())["identity"]["seed"] == 8
     # with a record on disk the settings bind
-    one_line_error(run_cli(*args, "--seed", 9), "other settings (seed)")
+    cli_error(capsys, *args, "--seed", 9, needles=("other settings (seed)",))
 
 
 # ---- one-line errors ------------------------------------------------------------------------
@@ -248,30 +257,34 @@ def test_a_session_that_wrote_no_record_does_not_block_the_corrected_command(tmp
      ["did you mean --max-steps"]),
     (["sample", "--model", "m", "--task", "testbed", "--output-dir", "x", "extra"], ["unrecognized arguments: extra"]),
 ])
-def test_misspelled_flags_get_one_line_and_a_suggestion(args, needles):
-    one_line_error(run_cli(*args), *needles)
+def test_misspelled_flags_get_one_line_and_a_suggestion(args, needles, capsys):
+    cli_error(capsys, *args, needles=needles)
 
 
-def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_checkpoint):
+def test_misspelled_flags_through_the_installed_command():
+    """The same through a fresh `sharpen` process: what a user sees."""
+    one_line_error(run_cli("testbed", "--sed", "3"), "did you mean --seed")
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_checkpoint, capsys):
     afile = tmp_path / "afile"
     afile.write_text("mine")
     for args in (["study", "--config", "testbed", f"output_dir={afile}"],
                  ["grpo", "--model", tiny_checkpoint, "--task", "basic_arithmetic", "--output-dir", afile],
                  ["sample", "--model", tiny_checkpoint, "--task", "basic_arithmetic", "--output-dir", afile / "sub"],
                  ["analyze", afile]):
-        one_line_error(run_cli(*args), str(afile))
+        cli_error(capsys, *args, needles=(str(afile),))
     assert afile.read_text() == "mine"
 
 
-def test_duplicate_problem_ids_are_refused_before_sampling(tmp_path, tiny_checkpoint):
+def test_duplicate_problem_ids_are_refused_before_sampling(tmp_path, tiny_checkpoint, capsys):
     data = tmp_path / "data.json"
     data.write_text(json.dumps([{"id": "a", "problem": "1+1", "answer": "2"},
                                 {"id": "b", "problem": "2+2", "answer": "4"},
                                 {"id": "a", "problem": "3+3", "answer": "6"}]))
     run_dir = tmp_path / "run"
-    done = run_cli("sample", "--model", tiny_checkpoint, "--task", "math500", "--task-args", f"data_path={data}",
-                   "--output-dir", run_dir)
-    one_line_error(done, "used more than once (a)")
+    cli_error(capsys, "sample", "--model", tiny_checkpoint, "--task", "math500", "--task-args", f"data_path={data}",
+              "--output-dir", run_dir, needles=("used more than once (a)",))
     assert not run_dir.exists()
 
 
@@ -305,14 +318,13 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, tiny_checkpoint
 
 @pytest.mark.parametrize("field, value", [("completion_ids", [3, float("nan")]), ("sample_idx", float("nan")),
                                           ("base_logprob_sum", float("inf")), ("sample_idx", 1.5)])
-def test_non_finite_or_mistyped_values_in_records_are_named(tmp_path, field, value):
+def test_non_finite_or_mistyped_values_in_records_are_named(tmp_path, field, value, capsys):
     records = [_record("base", "p0", 0, True), _record("base", "p0", 1, False)]
     records[1][field] = value
     path = tmp_path / "samples" / "base.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    done = run_cli("analyze", tmp_path, "--no-score", "--wandb", "off")
-    one_line_error(done, f"base.jsonl:2: {field}")
+    cli_error(capsys, "analyze", tmp_path, "--no-score", "--wandb", "off", needles=(f"base.jsonl:2: {field}",))
 
 
 # ---- order-independent analysis ---------------------------------------------------------------
