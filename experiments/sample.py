@@ -106,8 +106,12 @@ def run_identity(args: SampleRunArgs, settings) -> dict:
             "settings": json.loads(json.dumps(method.identity(settings), default=str))}
 
 
-def _check_saved(config_path: Path, saved: dict, mine: dict) -> None:
-    """Refuse to mix records made under other settings, another grader version or another model revision."""
+def _check_saved(config_path: Path, saved: dict, mine: dict, defaults: dict | None = None) -> None:
+    """Refuse to mix records made under other settings, another grader version or another model revision.
+
+    `defaults`: the method's default settings; a setting that a config of an older version lacks
+    (a field added since) counts as its default, so old runs resume.
+    """
     where = config_path.parent
     for key, what in (("grader_version", "grader"), ("model_revision", "model revision")):
         if saved.get(key) != mine[key]:
@@ -116,7 +120,7 @@ def _check_saved(config_path: Path, saved: dict, mine: dict) -> None:
     a, b = saved.get("identity") or {}, mine["identity"]
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if "settings" in diff:
-        sa, sb = a.get("settings") or {}, b["settings"]
+        sa, sb = (defaults or {}) | (a.get("settings") or {}), b["settings"]
         diff = [d for d in diff if d != "settings"] + sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
     if diff:
         raise UsageError(f"{where} holds records of {mine['name']} made with other settings ({', '.join(diff)}): "
@@ -210,7 +214,8 @@ def _run_locked(args, method, settings, task, problems, model, tokenizer, progre
     # A config left by a session that wrote no record binds nothing: a corrected command replaces it.
     keep_config = config_path.exists() and _has_records(records_path)
     if keep_config:
-        _check_saved(config_path, json.loads(config_path.read_text()), config)
+        defaults = json.loads(json.dumps(method.identity(method.settings()), default=str))
+        _check_saved(config_path, json.loads(config_path.read_text()), config, defaults)
     if model is None:
         model, tokenizer = load_model(spec)
 

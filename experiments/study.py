@@ -27,6 +27,8 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import yaml
+
 from common.errors import UsageError
 from common.files import check_output_dir, looks_like_path, write_text_atomic
 from common.locks import clear_run_dir, hold_run_dir, holds_only_lock
@@ -111,6 +113,22 @@ def _has_finished_work(run_dir: Path) -> bool:
     return grpo.is_dir() and ((grpo / "cost.json").exists() or any(grpo.glob("checkpoint-*")))
 
 
+def _with_new_defaults(identity: dict) -> dict:
+    """A saved study identity with each instance's settings completed by its method's defaults.
+
+    A setting added to a method since the study was written (power_mh's `position`) counts as
+    its default, so the study resumes.
+    """
+    for instance in identity.get("instances") or []:
+        try:
+            method = get_method(instance["method"])
+        except (KeyError, ValueError):
+            continue  # not registered here: the comparison will say so
+        defaults = {k: v for k, v in asdict(method.settings()).items() if k not in method.not_identity}
+        instance["settings"] = yaml.safe_load(yaml.safe_dump(defaults)) | (instance.get("settings") or {})
+    return identity
+
+
 def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     """Refuse a directory holding another study (unless overwrite); record this study's config.
 
@@ -120,7 +138,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     run_dir = Path(config.output_dir)
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
-        saved = json.loads(saved_path.read_text()).get("identity", {})
+        saved = _with_new_defaults(json.loads(saved_path.read_text()).get("identity", {}))
         mine = config.identity()
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if diff and _has_finished_work(run_dir) and not overwrite:

@@ -246,6 +246,21 @@ def test_a_session_that_wrote_no_record_does_not_block_the_corrected_command(tmp
     cli_error(capsys, *args, "--seed", 9, needles=("other settings (seed)",))
 
 
+def test_a_run_made_before_a_setting_existed_resumes(tmp_path, tiny_checkpoint, capsys):
+    """A config written before power_mh had `position` counts it as the default, so the run resumes."""
+    run_dir = tmp_path / "run"
+    args = ["sample", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--num-problems", "2",
+            "--method", "power_mh", "--max-new-tokens", "8", "--block-size", "4", "--mcmc-steps", "1",
+            "--output-dir", str(run_dir)]
+    assert main(args) == 0
+    path = run_dir / "samples" / "power_mh.config.json"
+    config = json.loads(path.read_text())
+    del config["identity"]["settings"]["position"]
+    path.write_text(json.dumps(config))
+    assert main([*args, "--num-samples", "2"]) == 0
+    cli_error(capsys, *args, "--position", "entropy", needles=("other settings (position)",))
+
+
 # ---- one-line errors ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, needles", [

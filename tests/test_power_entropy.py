@@ -1,0 +1,368 @@
+"""Power-MH with `position="entropy"` (decision points) is exact: checked by exact enumeration.
+
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 45 s on one core
+
+The entropy rule picks the resampled position i with P(i | x) = w_i / W(x), w_i = 0.1 + max(0,
+H_i - H_{i-1}) (H_j: entropy of p at x[:j], H_{-1} = H_0; see sampling/power.py), so the
+acceptance ratio carries log P(i | x') - log P(i | x) = log W(x) - log W(x') in place of the
+uniform rule's log|x| - log|x'|. The models, the helpers and the chi-square test are those of
+tests/test_power_exactness.py (4-token vocabulary, 4 new tokens, 121 completions, 3000 chains):
+the right rule must pass at p > 1e-3, each broken variant must fail at p < 1e-12.
+`entropy_kernel` writes the rule out over the enumerated completions, with its own entropies and
+its own position law, and gives the exact finite-step law of any block schedule (through the
+exactness file's `exact_output`).
+
+On `power_model` (sharp: most entropies near 0) the entropy law is close to uniform, so there the
+uniform |x| term is nearly right (exact TV 0.001 after 10 steps); it is tested at alpha 2 on
+`model` instead. Figures: cells, the TV the test detects at p < 1e-3 (at p < 1e-12), the right
+rule's p, and each broken variant's exact TV from the right law and its p (N = 3000 chains):
+
+  test                                cells  detects TV >=  right p  broken variants: exact TV, p
+  (a,d) invariance, alpha 4, T 1/4,       5  0.048 (0.082)  0.65     no position term 0.108, 1e-67;
+        10 steps, power_model                                        reversed 0.265, < 1e-300;
+                                                                     reverse left out 0.132, 3e-154
+  (a,d) invariance, alpha 2, T 1,        27  0.063 (0.098)  0.64     uniform |x| term 0.082, 3e-16;
+        4 steps, model                                               no position term 0.132, 5e-61;
+                                                                     reverse left out 0.179, 1e-141
+  (b) from the proposal, alpha 2,        27  0.063 (0.098)  0.73     uniform |x| term 0.098, 7e-31;
+      20 steps (law: 0.013 from p^2)                                 reverse left out 0.195, 4e-174
+  (e) blocks of 2, alpha 4, T 1/2,        5  0.048 (0.082)  0.61     reverse left out 0.114, 5e-108;
+      no stop (law 0.18 from p^4)                                    reversed 0.178, 3e-117
+
+"reverse left out": log A keeps -log P(i | x) but drops log P(i | x').
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import test_power_exactness as exactness
+from conftest import tiny_llama
+from experiments.cli import main
+from experiments.sample import parse_args
+from sampling import PowerSamplingConfig, power
+from test_power import PROMPTS as MIXED_PROMPTS, small
+from test_power_exactness import (  # noqa: F401  (model, power_model: fixtures)
+    CHAINS, FAIL, PASS, T, _no_position_term, _reversed_position_term, chi_square, completions, conditionals_of,
+    detectable_tv, exact_samples, finals, model, per_token, power_model, ratio_replaced_by, run_chains, tables,
+    target,
+)
+
+
+def config(*args, **kwargs) -> PowerSamplingConfig:
+    return replace(exactness.config(*args, **kwargs), position="entropy")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule written out over the enumerated completions.
+
+
+def entropies(conditionals, x) -> list[float]:
+    """H_j: entropy (nats) of p(. | x[:j]) for each position j of x, float64."""
+    out = []
+    for j in range(len(x)):
+        logp = torch.log_softmax(conditionals[x[:j]], -1)
+        out.append(float(-(logp.exp() * logp).sum()))
+    return out
+
+
+def position_law(conditionals, x) -> list[float]:
+    """P(i | x) for i < |x|: proportional to 0.1 + the entropy increase at i (none at i = 0)."""
+    h = entropies(conditionals, x)
+    w = [0.1 + max(0.0, h[i] - h[i - 1]) if i else 0.1 for i in range(len(x))]
+    return [v / sum(w) for v in w]
+
+
+TERMS = {  # position term of log A, from (P(i | x), P(i | x'), |x|, |x'|)
+    "right": lambda px, py, nx, ny: math.log(py) - math.log(px),
+    "no-position-term": lambda px, py, nx, ny: 0.0,
+    "uniform-position-term": lambda px, py, nx, ny: math.log(nx) - math.log(ny),
+    "reversed-position-term": lambda px, py, nx, ny: math.log(px) - math.log(py),
+    "reverse-left-out": lambda px, py, nx, ny: -math.log(px),
+}
+
+
+def entropy_kernel(conditionals, states, alpha, temperature, top_k=None, top_p=None, term="right"):
+    """The MH transition matrix of one block over `states` under the entropy rule (same signature as
+    exactness.exact_kernel, so `exact_output` can run it)."""
+    logp, q = tables(conditionals, temperature, top_k, top_p)
+    index = {x: k for k, x in enumerate(states)}
+    lp = {x: per_token(logp, x) for x in states}
+    lq = {x: per_token(q, x) for x in states}
+    law = {x: position_law(conditionals, x) for x in states}
+    K = np.zeros((len(states), len(states)))
+    for x in states:
+        for i in range(len(x)):
+            for y in states:
+                if len(y) <= i or y[:i] != x[:i]:
+                    continue
+                log_a = (alpha * (sum(lp[y][i:]) - sum(lp[x][i:])) + sum(lq[x][i:]) - sum(lq[y][i:])
+                         + TERMS[term](law[x][i], law[y][i], len(x), len(y)))
+                K[index[x], index[y]] += math.exp(sum(lq[y][i:])) * law[x][i] * min(1.0, math.exp(min(log_a, 0.0)))
+        K[index[x], index[x]] += 1.0 - K[index[x]].sum()
+    return K
+
+
+def output_law(monkeypatch, conditionals, alpha, temperature, block_size, steps, term="right"):
+    """Exact law of a chain's output (stop_on_eos=False) under the entropy rule."""
+    with monkeypatch.context() as m:
+        m.setattr(exactness, "exact_kernel", lambda *args: entropy_kernel(*args, term=term))
+        return exactness.exact_output(conditionals, alpha, temperature, block_size, steps, stop_on_eos=False)
+
+
+def test_enumerated_entropy_kernel_is_exact(model, power_model):
+    # The test's own reference: detailed balance holds for the rule as written, not for broken terms.
+    for model_, alpha, temperature in ((model, 2.0, 1.0), (power_model, 4.0, 0.25)):
+        table = conditionals_of(model_)
+        states, pi = target(table, alpha)
+        K = entropy_kernel(table, states, alpha, temperature)
+        assert np.allclose(K.sum(1), 1.0) and (K >= 0).all()
+        assert np.abs(pi @ K - pi).max() < 1e-12
+        for term in ("no-position-term", "reverse-left-out"):
+            assert np.abs(pi @ entropy_kernel(table, states, alpha, temperature, term=term) - pi).max() > 1e-3
+    # On `model` the law is far from uniform (else the alpha 2 tests test nothing new).
+    laws = [position_law(conditionals_of(model), x) for x in completions(T) if len(x) == T]
+    assert max(max(law) for law in laws) > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken variants, patched into sampling.power.
+
+
+def uniform_position_term(monkeypatch):
+    """Chooses by entropy, but the ratio keeps the uniform rule's log|x| - log|x'|."""
+    monkeypatch.setattr(power, "_choice_mass", lambda position, entropy: len(entropy))
+
+
+def reverse_left_out(monkeypatch):
+    """log A = ... - log P(i | x): the chance of choosing i from x' is missing."""
+    running = []
+    finish_op = power._Chain.finish_op
+
+    def recording_finish_op(chain):
+        running[:] = [chain]
+        return finish_op(chain)
+
+    def ratio(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop):
+        chain = running[0]
+        p_forward = power._position_weights(chain.ent)[chain.start] / n_cur
+        return _no_position_term(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop) - math.log(p_forward)
+
+    monkeypatch.setattr(power._Chain, "finish_op", recording_finish_op)
+    monkeypatch.setattr(power, "_log_accept_ratio", ratio)
+
+
+BROKEN = {
+    "no-position-term": ratio_replaced_by(_no_position_term),
+    "reversed-position-term": ratio_replaced_by(_reversed_position_term),
+    "uniform-position-term": uniform_position_term,
+    "reverse-left-out": reverse_left_out,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+INVARIANCE = {  # id: (model fixture, alpha, proposal temperature, MH steps)
+    "paper-alpha4": ("power_model", 4.0, 0.25, 10),
+    "alpha2-tau1": ("model", 2.0, 1.0, 4),
+}
+
+
+def invariance_run(request, setting):
+    name, alpha, temperature, steps = INVARIANCE[setting]
+    model_ = request.getfixturevalue(name)
+    states, pi = target(conditionals_of(model_), alpha)
+    results = run_chains(model_, config(alpha, temperature, steps=steps), init=exact_samples(states, pi, CHAINS))
+    return results, states, pi
+
+
+@pytest.mark.parametrize("setting", list(INVARIANCE))
+def test_entropy_rule_keeps_p_alpha_invariant(request, setting):
+    """(a) Chains started from exact samples of p^alpha are still p^alpha after entropy-rule MH steps."""
+    results, states, pi = invariance_run(request, setting)
+    assert sum(r.stats["accepted"] for r in results) > 0.1 * sum(r.stats["proposals"] for r in results)
+    p_value, tv = chi_square(finals(results), states, pi)
+    assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert detectable_tv(pi, CHAINS) < 0.065 and detectable_tv(pi, CHAINS, FAIL) < 0.1
+
+
+BROKEN_INVARIANCE = {  # id: (setting, variant); exact TV from p^alpha after the setting's steps
+    "alpha4-no-position-term": ("paper-alpha4", "no-position-term"),  # 0.108
+    "alpha4-reversed-position-term": ("paper-alpha4", "reversed-position-term"),  # 0.265
+    "alpha4-reverse-left-out": ("paper-alpha4", "reverse-left-out"),  # 0.132
+    "alpha2-uniform-position-term": ("alpha2-tau1", "uniform-position-term"),  # 0.082
+    "alpha2-no-position-term": ("alpha2-tau1", "no-position-term"),  # 0.132
+    "alpha2-reverse-left-out": ("alpha2-tau1", "reverse-left-out"),  # 0.179
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_INVARIANCE))
+def test_entropy_rule_invariance_rejects_broken_position_terms(request, monkeypatch, case):
+    """(d) The same invariance check rejects each wrong position term."""
+    setting, variant = BROKEN_INVARIANCE[case]
+    BROKEN[variant](monkeypatch)
+    results, states, pi = invariance_run(request, setting)
+    p_value, tv = chi_square(finals(results), states, pi)
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+
+
+CONVERGENCE_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def convergence_law(model):
+    """Exact law after 20 entropy-rule steps from the proposal (alpha 2, T 1), and the states."""
+    table = conditionals_of(model)
+    states = completions(T)
+    K = entropy_kernel(table, states, 2.0, 1.0)
+    _, q = tables(table, 1.0)
+    start = np.array([math.exp(sum(per_token(q, x))) for x in states])
+    return states, start, start @ np.linalg.matrix_power(K, CONVERGENCE_STEPS)
+
+
+def test_entropy_rule_converges_from_the_proposal(model, convergence_law):
+    """(b) From the proposal, 20 steps: the chains follow the exact finite-step law (0.013 from p^2)."""
+    states, start, law = convergence_law
+    results = run_chains(model, config(steps=CONVERGENCE_STEPS))
+    p_value, tv = chi_square(finals(results), states, law)
+    assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
+    _, pi = target(conditionals_of(model), 2.0)
+    assert 0.5 * np.abs(law - pi).sum() < 0.02 and 0.5 * np.abs(start - law).sum() > 0.2  # the steps matter
+    assert detectable_tv(law, CHAINS) < 0.065 and detectable_tv(law, CHAINS, FAIL) < 0.1
+
+
+@pytest.mark.parametrize("variant", ["uniform-position-term", "reverse-left-out"])
+def test_entropy_rule_convergence_rejects_broken_position_terms(model, convergence_law, monkeypatch, variant):
+    """(b) The same check against the right law rejects the uniform term (0.098 away) and the missing
+    reverse probability (0.195)."""
+    states, _, law = convergence_law
+    BROKEN[variant](monkeypatch)
+    results = run_chains(model, config(steps=CONVERGENCE_STEPS))
+    p_value, tv = chi_square(finals(results), states, law)
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+
+
+def blocks_config():
+    return config(4.0, 0.5, block_size=2, steps=4, stop_on_eos=False)
+
+
+@pytest.mark.parametrize("variant", [None, "reverse-left-out", "reversed-position-term"])
+def test_entropy_rule_over_blocks_follows_its_exact_law(power_model, monkeypatch, variant):
+    """(e) Blocks of 2 (positions of the first block stay choosable in the second), alpha 4, T 1/2:
+    the output follows the exact law (0.18 from p^4); broken terms (0.114 / 0.178 away) fail."""
+    law = output_law(monkeypatch, conditionals_of(power_model), 4.0, 0.5, block_size=2, steps=4)
+    if variant:
+        BROKEN[variant](monkeypatch)
+    results = run_chains(power_model, blocks_config())
+    p_value, tv = chi_square(finals(results), completions(T), law)
+    if variant is None:
+        assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
+        assert detectable_tv(law, CHAINS) < 0.05 and detectable_tv(law, CHAINS, FAIL) < 0.085
+    else:
+        assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler's entropies, both implementations, cost.
+
+
+def test_stored_entropies_are_those_of_p_at_each_prefix(model, monkeypatch):
+    """States carry H_j of p (temperature 1, not the proposal's) for initial and drawn tokens alike."""
+    kept = {}
+    result = power._Chain.result
+
+    def recording_result(chain):
+        kept[chain.index] = list(chain.ent)
+        return result(chain)
+
+    monkeypatch.setattr(power._Chain, "result", recording_result)
+    table = conditionals_of(model)
+    states, pi = target(table, 2.0)
+    init = exact_samples(states, pi, 200)
+    for implementation in ("batched", "reference"):
+        kept.clear()
+        cfg = replace(config(2.0, 0.5, steps=3), implementation=implementation)
+        results = run_chains(model, cfg, n=200, init=init)
+        for j, r in enumerate(results):
+            assert kept[j] == pytest.approx(entropies(table, tuple(r.token_ids)), abs=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_entropy_rule_batched_equals_reference(attention):
+    """As tests/test_power.py checks for the uniform rule: same chains, same decisions, no kept prefix recomputed."""
+    model_ = tiny_llama(vocab_size=12, logit_scale=3.0)
+    model_.set_attn_implementation(attention)
+    prompts = MIXED_PROMPTS * 3
+    batched = power.power_sample(model_, prompts, small(batch_size=5, position="entropy"), seed=11)
+    reference = power.power_sample(model_, prompts, small(implementation="reference", position="entropy"), seed=11)
+    uniform = power.power_sample(model_, prompts, small(batch_size=5), seed=11)
+    for prompt, b, r in zip(prompts, batched, reference):
+        assert b.token_ids == r.token_ids and b.finish_reason == r.finish_reason
+        assert b.logprobs == pytest.approx(r.logprobs, abs=1e-5)
+        for key in ("proposals", "accepted", "sampled_tokens"):
+            assert b.stats[key] == r.stats[key]
+        assert b.stats["forward_tokens"] == len(prompt) - 1 + b.stats["sampled_tokens"]
+    assert [r.token_ids for r in batched] != [r.token_ids for r in uniform]  # the rule changes the chains
+
+
+def tokens_per_proposal(monkeypatch, model_, prompts, cfg) -> float:
+    """Mean tokens sampled by one MH proposal (growth excluded)."""
+    sizes = []
+    finish_op = power._Chain.finish_op
+
+    def recording(chain):
+        if chain.op == "mh":
+            sizes.append(len(chain.ptok))
+        return finish_op(chain)
+
+    with monkeypatch.context() as m:
+        m.setattr(power._Chain, "finish_op", recording)
+        power.power_sample(model_, prompts, cfg, seed=0)
+    return statistics.mean(sizes)
+
+
+def test_entropy_rule_costs_no_more_tokens_per_step(model, monkeypatch):
+    """Tokens per MH proposal, uniform vs entropy, on the same chains' settings (printed; README figures).
+
+    Here: 2.53 vs 2.41 (4-token model, 4 tokens, alpha 2) and 11.07 vs 11.33 (12-token model, 48
+    tokens in blocks of 16, alpha 4). SmolLM2-135M (scratch run, 32 arithmetic prompts x 2 chains,
+    alpha 4, blocks of 16, 48 tokens): 4.26 vs 3.44 tokens per proposal.
+    """
+    settings = [("4-token, T=4", model, [exactness.PROMPT] * 1000, exactness.config(2.0, 1.0, steps=20)),
+                ("12-token, T=48", tiny_llama(vocab_size=12, logit_scale=3.0), MIXED_PROMPTS * 50,
+                 PowerSamplingConfig(alpha=4.0, block_size=16, mcmc_steps=4, max_new_tokens=48, stop_on_eos=False,
+                                     batch_size=200))]
+    for name, model_, prompts, cfg in settings:
+        uniform = tokens_per_proposal(monkeypatch, model_, prompts, cfg)
+        entropy = tokens_per_proposal(monkeypatch, model_, prompts, replace(cfg, position="entropy"))
+        print(f"\n{name}: tokens per MH proposal, uniform {uniform:.2f}, entropy {entropy:.2f}")
+        assert entropy <= 1.05 * uniform
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and the command line.
+
+
+def test_position_is_checked_and_defaults_to_uniform():
+    assert PowerSamplingConfig().position == "uniform"
+    with pytest.raises(ValueError, match=r"^position must be one of uniform, entropy, got 'x'$"):
+        PowerSamplingConfig(position="x")
+
+
+def test_cli_takes_position_and_refuses_bad_values_in_one_line(tmp_path, capsys):
+    argv = ["sample", "--model", "x", "--task", "basic_arithmetic", "--output-dir", str(tmp_path / "run"),
+            "--method", "power_mh"]
+    _, settings = parse_args(argv[1:] + ["--position", "entropy"])
+    assert settings.position == "entropy"
+    capsys.readouterr()
+    assert main(argv + ["--position", "foo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sharpen sample: error: --position must be one of uniform, entropy, got 'foo'"]
+    assert not (tmp_path / "run").exists()
