@@ -223,6 +223,8 @@ def _run_locked(args, method, settings, task, problems, model, tokenizer, progre
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     try:
         check_prompts(model, prompt_ids)
+        if method.check_model is not None:
+            method.check_model(model)
     except ValueError as err:
         raise UsageError(str(err)) from None
 

@@ -34,6 +34,7 @@ from typing import Callable
 
 from .draw import validate_processing
 from .generate import SampleResult, sample
+from .models import check_full_attention
 from .power import PowerSamplingConfig, power_sample
 from .smc import SMCConfig, smc_sample
 from .sps import SPSConfig, sps_sample
@@ -117,6 +118,8 @@ class Method:
     chunked: bool = True
     # Settings fields that change cost or speed but not the distribution of any record.
     not_identity: tuple[str, ...] = ("batch_size",)
+    # Raises ValueError when the sampler cannot serve `model` (checked before any sampling).
+    check_model: Callable[[object], None] | None = None
 
     def make_settings(self, **values):
         """The settings dataclass from `values`; ValueError names an unknown field and lists the accepted ones.
@@ -177,12 +180,15 @@ register(Method("low_temp", LowTempConfig, _run_plain, "the base model at token-
 register(Method("power_mh", PowerSamplingConfig, _run_power,
                 "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
                 temperature=lambda s: float(s.proposal_temperature), chunked=False,
-                not_identity=("batch_size", "implementation")))
+                not_identity=("batch_size", "implementation"),
+                check_model=lambda model: check_full_attention(model, "power_mh")))
 register(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl"))
 register(Method("power_smc", SMCConfig, _run_smc,
                 "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
-                temperature=lambda s: float(s.proposal_temperature), chunked=False))
+                temperature=lambda s: float(s.proposal_temperature), chunked=False,
+                check_model=lambda model: check_full_attention(model, "power_smc")))
 register(Method("power_sps", SPSConfig, _run_sps,
                 "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
                 "p(x)^alpha (arXiv 2601.21590)",
-                temperature=lambda s: 1.0))  # the rollouts' temperature; the decisions have none
+                temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
+                check_model=lambda model: check_full_attention(model, "power_sps")))

@@ -183,3 +183,15 @@ def _cache_argument_name(model_type: type) -> str:
         params = inspect.signature(model_type.forward).parameters
         _CACHE_ARGUMENT[model_type] = "cache" if "cache" in params else "past_key_values"
     return _CACHE_ARGUMENT[model_type]
+
+
+def check_full_attention(model, sampler: str) -> None:
+    """ValueError when `model` has sliding-window layers, which the KV-cache samplers cannot serve.
+
+    Their batched caches put masked slots (dead proposals, padding) inside the attention window.
+    """
+    from transformers import DynamicCache
+
+    if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
+        raise ValueError(f"{sampler} supports models with full attention on every layer; "
+                         f"this model has sliding-window layers")

@@ -93,7 +93,7 @@ from .draw import (
     validate_processing,
 )
 from .generate import SampleResult, check_prompts, left_pad
-from .models import cached_forward, eos_token_ids
+from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
 
 IMPLEMENTATIONS = ("batched", "reference")
@@ -414,15 +414,8 @@ def _slack(longest: int) -> int:
     return 8 + int(math.sqrt(2 * longest))
 
 
-def _check_full_attention(model) -> None:
-    layers = DynamicCache(config=model.config).layers
-    if any(getattr(layer, "is_sliding", False) for layer in layers):
-        raise ValueError("power_sample supports models with full attention on every layer; "
-                         "this model has sliding-window layers")
-
-
 def _run_batched(model, chains: list[_Chain], cfg: PowerSamplingConfig, done, clock: TimeShare) -> None:
-    _check_full_attention(model)
+    check_full_attention(model, "power_sample")
     device = next(model.parameters()).device
     queue = deque(chains)
     rows: list[_Row | None] = []  # None: an idle row whose chain finished, dropped at the next compaction

@@ -96,7 +96,7 @@ from transformers import DynamicCache
 
 from .draw import derive_seed, make_generator, proposal_logprobs, validate_processing
 from .generate import SampleResult, check_prompts, left_pad
-from .models import cached_forward, eos_token_ids
+from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
 
 
@@ -325,13 +325,6 @@ class _Cohort:
         return SampleResult(tokens, self.logp[r, k, :n].tolist(), reason, stats)
 
 
-def _check_full_attention(model) -> None:
-    layers = DynamicCache(config=model.config).layers
-    if any(getattr(layer, "is_sliding", False) for layer in layers):
-        raise ValueError("smc_sample supports models with full attention on every layer; "
-                         "this model has sliding-window layers")
-
-
 @torch.no_grad()
 def smc_sample(model, prompts: list[list[int]], cfg: SMCConfig | None = None, *, seed: int = 0,
                seeds: list[int] | None = None,
@@ -345,7 +338,7 @@ def smc_sample(model, prompts: list[list[int]], cfg: SMCConfig | None = None, *,
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
-    _check_full_attention(model)
+    check_full_attention(model, "smc_sample")
     eos = eos_token_ids(model)
     seeds = seeds if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
     budgets = [cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)) for p in prompts]

@@ -81,7 +81,7 @@ from transformers import DynamicCache
 
 from .draw import derive_seed, make_generator
 from .generate import SampleResult, check_prompts, left_pad
-from .models import cached_forward, eos_token_ids
+from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
 
 HORIZONS = ("sliding", "block")
@@ -185,7 +185,7 @@ def sps_sample(model, prompts: list[list[int]], cfg: SPSConfig | None = None, *,
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
-    _check_full_attention(model)
+    check_full_attention(model, "sps_sample")
     eos = set(eos_token_ids(model))
     seeds = seeds if seeds is not None else [derive_seed(seed, j) for j in range(len(prompts))]
     entries = [_Entry(j, list(p), seeds[j], cfg.max_new_tokens if limit is None
@@ -202,12 +202,6 @@ def sps_sample(model, prompts: list[list[int]], cfg: SPSConfig | None = None, *,
     for start in range(0, len(entries), cfg.batch_size):
         _run_batch(model, entries[start:start + cfg.batch_size], cfg, eos, clock, done)
     return results  # type: ignore[return-value]
-
-
-def _check_full_attention(model) -> None:
-    if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
-        raise ValueError("sps_sample supports models with full attention on every layer; "
-                         "this model has sliding-window layers")
 
 
 def _select(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:

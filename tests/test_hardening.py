@@ -261,6 +261,52 @@ def test_a_run_made_before_a_setting_existed_resumes(tmp_path, tiny_checkpoint, 
     cli_error(capsys, *args, "--position", "entropy", needles=("other settings (position)",))
 
 
+def test_a_study_made_before_a_setting_existed_resumes():
+    import copy
+
+    from experiments.study import _with_new_defaults
+    from experiments.study_config import load_study_config
+
+    mine = load_study_config("testbed").identity()
+    saved = copy.deepcopy(mine)
+    power = next(i for i in saved["instances"] if i["method"] == "power_mh")
+    del power["settings"]["position"]
+    assert saved != mine and _with_new_defaults(saved) == mine
+    power["settings"]["mcmc_steps"] = 3  # a real difference still shows
+    assert _with_new_defaults(saved) != mine
+
+
+@pytest.mark.parametrize("method, flag, value, message", [
+    ("power_smc", "--num-particles", "0", "--num-particles must be"),
+    ("power_smc", "--ess-threshold", "1.5", "--ess-threshold must be"),
+    ("power_sps", "--num-candidates", "0", "--num-candidates must be"),
+    ("power_sps", "--num-rollouts", "1", "--num-rollouts must be"),
+    ("power_mh", "--position", "middle", "--position must be one of uniform, entropy"),
+])
+def test_bad_sampler_settings_are_one_line(tmp_path, method, flag, value, message, capsys):
+    cli_error(capsys, "sample", "--model", "m", "--task", "basic_arithmetic", "--output-dir", tmp_path / "x",
+              "--method", method, flag, value, needles=(message,))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("method", ["power_mh", "power_smc", "power_sps"])
+def test_a_sliding_window_model_is_refused_before_sampling(tmp_path, method, capsys):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conftest import char_tokenizer
+
+    tok = char_tokenizer()
+    path = tmp_path / "sliding"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, use_sliding_window=True,
+                                 sliding_window=4, max_window_layers=0, eos_token_id=1)).save_pretrained(path)
+    tok.save_pretrained(path)
+    run_dir = tmp_path / "run"
+    cli_error(capsys, "sample", "--model", path, "--task", "basic_arithmetic", "--num-problems", 1,
+              "--output-dir", run_dir, "--method", method, needles=("sliding-window layers",))
+    assert not list(run_dir.glob("samples/*.jsonl"))
+
+
 # ---- one-line errors ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, needles", [
