@@ -124,8 +124,8 @@ def _with_new_defaults(identity: dict) -> dict:
             method = get_method(instance["method"])
         except (KeyError, ValueError):
             continue  # not registered here: the comparison will say so
-        defaults = {k: v for k, v in asdict(method.settings()).items() if k not in method.not_identity}
-        instance["settings"] = yaml.safe_load(yaml.safe_dump(defaults)) | (instance.get("settings") or {})
+        defaults = yaml.safe_load(yaml.safe_dump(method.identity(method.settings())))
+        instance["settings"] = defaults | (instance.get("settings") or {})
     return identity
 
 

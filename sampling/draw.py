@@ -16,6 +16,7 @@ so a row's tokens do not depend on which other rows share its batch.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -36,6 +37,33 @@ def make_generator(seed: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(seed)
     return g
+
+
+def row_seeds(seed: int, seeds: list[int] | None, count: int) -> list[int]:
+    """Each row's seed: `seeds` as given (one per row), else derive_seed(seed, i) for row i.
+
+    >>> row_seeds(0, None, 2) == [derive_seed(0, 0), derive_seed(0, 1)]
+    True
+    """
+    if seeds is None:
+        return [derive_seed(seed, i) for i in range(count)]
+    if len(seeds) != count:
+        raise ValueError(f"seeds has {len(seeds)} entries for {count} prompts")
+    return list(seeds)
+
+
+def check_alpha(alpha) -> None:
+    """The exponent of p^alpha: a finite number > 0."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
+
+
+def check_integers(settings, lowest: dict[str, int]) -> None:
+    """Each named field of `settings` an integer (not a bool) at least its lowest value."""
+    for name, low in lowest.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def validate_processing(temperature: float, top_k: int | None, top_p: float | None, name: str = "temperature"):

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from .draw import derive_seed, draw_tokens, make_generator, validate_processing
+from .draw import draw_tokens, make_generator, row_seeds, validate_processing
 from .models import cached_forward, context_length, eos_token_ids
 from .timeshare import TimeShare
 
@@ -76,10 +76,8 @@ def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new
     validate_processing(temperature, top_k, top_p)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
-    seeds = seeds if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
     results: list[SampleResult | None] = [None] * len(prompts)
     for start in range(0, len(prompts), batch_size):
         index = list(range(start, min(start + batch_size, len(prompts))))

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .draw import validate_processing
+from .draw import check_alpha, check_integers, validate_processing
 from .generate import SampleResult, sample
 from .models import check_full_attention
 from .power import PowerSamplingConfig, power_sample
@@ -41,10 +41,7 @@ from .sps import SPSConfig, sps_sample
 
 
 def _check_sizes(settings) -> None:
-    for name in ("max_new_tokens", "batch_size"):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_integers(settings, {"max_new_tokens": 1, "batch_size": 1})
 
 
 @dataclass
@@ -76,8 +73,7 @@ class LowTempConfig:
     batch_size: int = field(default=32, metadata={"help": "Completions decoded together."})
 
     def __post_init__(self):
-        if not self.alpha > 0 or self.alpha == float("inf"):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
+        check_alpha(self.alpha)
         _check_sizes(self)
         if self.temperature is None:
             self.temperature = 1.0 / self.alpha

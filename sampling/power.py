@@ -86,10 +86,12 @@ import torch
 from transformers import DynamicCache
 
 from .draw import (
-    derive_seed,
+    check_alpha,
+    check_integers,
     draw_tokens,
     make_generator,
     proposal_logprobs,
+    row_seeds,
     validate_processing,
 )
 from .generate import SampleResult, check_prompts, left_pad
@@ -127,12 +129,8 @@ class PowerSamplingConfig:
                                            "entropy jumps up; exact, the choice enters the acceptance ratio)."})
 
     def __post_init__(self):
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
-        for name, low in (("block_size", 1), ("mcmc_steps", 0), ("max_new_tokens", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_alpha(self.alpha)
+        check_integers(self, {"block_size": 1, "mcmc_steps": 0, "max_new_tokens": 1, "batch_size": 1})
         if self.proposal_temperature is None:
             self.proposal_temperature = 1.0 / self.alpha
         validate_processing(self.proposal_temperature, self.top_k, self.top_p, name="proposal_temperature")
@@ -299,13 +297,11 @@ def power_sample(model, prompts: list[list[int]], cfg: PowerSamplingConfig | Non
 
 def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None) -> list[SampleResult]:
     """power_sample, plus `init`: per-chain initial states (used by the exactness tests)."""
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    seeds = row_seeds(seed, seeds, len(prompts))
     if init is not None and len(init) != len(prompts):
         raise ValueError(f"init has {len(init)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
     eos = set(eos_token_ids(model))
-    seeds = seeds if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
     chains = [_Chain(i, list(p), seeds[i], cfg, eos,
                      cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)),
                      init[i] if init is not None else None)

@@ -94,7 +94,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from .draw import derive_seed, make_generator, proposal_logprobs, validate_processing
+from .draw import check_alpha, check_integers, make_generator, proposal_logprobs, row_seeds, validate_processing
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
@@ -128,14 +128,9 @@ class SMCConfig:
                                       "(so max(batch_size, num_particles) rows at most)."})
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and self.alpha > 0
-                                                and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
-        for name, low in (("num_particles", 1), ("max_new_tokens", 1), ("resample_every", 1), ("ramp_tokens", 0),
-                          ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_alpha(self.alpha)
+        check_integers(self, {"num_particles": 1, "max_new_tokens": 1, "resample_every": 1, "ramp_tokens": 0,
+                              "batch_size": 1})
         if isinstance(self.ess_threshold, bool) or not (isinstance(self.ess_threshold, (int, float))
                                                         and 0 <= self.ess_threshold <= 1):
             raise ValueError(f"ess_threshold must be a number in [0, 1], got {self.ess_threshold!r}")
@@ -335,12 +330,10 @@ def smc_sample(model, prompts: list[list[int]], cfg: SMCConfig | None = None, *,
     `on_result(i, result)` is called as soon as run i finishes.
     """
     cfg = cfg or SMCConfig()
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
     check_full_attention(model, "smc_sample")
     eos = eos_token_ids(model)
-    seeds = seeds if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
     budgets = [cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)) for p in prompts]
     device = next(model.parameters()).device
     results: list[SampleResult | None] = [None] * len(prompts)

@@ -79,7 +79,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from .draw import derive_seed, make_generator
+from .draw import check_alpha, check_integers, make_generator, row_seeds
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
@@ -107,14 +107,9 @@ class SPSConfig:
         "help": "Completions advanced together (>= 1); each uses up to num_candidates * num_rollouts cache rows."})
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
-                self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
-        for name, low in (("max_new_tokens", 1), ("num_candidates", 1), ("num_rollouts", 2), ("block_size", 1),
-                          ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_alpha(self.alpha)
+        check_integers(self, {"max_new_tokens": 1, "num_candidates": 1, "num_rollouts": 2, "block_size": 1,
+                              "batch_size": 1})
         if self.horizon not in HORIZONS:
             raise ValueError(f"horizon must be one of {', '.join(HORIZONS)}, got '{self.horizon}'")
 
@@ -182,12 +177,10 @@ def sps_sample(model, prompts: list[list[int]], cfg: SPSConfig | None = None, *,
     `on_result(j, result)` is called as soon as entry j finishes.
     """
     cfg = cfg or SPSConfig()
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
     check_full_attention(model, "sps_sample")
     eos = set(eos_token_ids(model))
-    seeds = seeds if seeds is not None else [derive_seed(seed, j) for j in range(len(prompts))]
     entries = [_Entry(j, list(p), seeds[j], cfg.max_new_tokens if limit is None
                       else min(cfg.max_new_tokens, limit - len(p))) for j, p in enumerate(prompts)]
     results: list[SampleResult | None] = [None] * len(prompts)

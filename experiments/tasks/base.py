@@ -21,7 +21,13 @@ class Task:
 
     @property
     def grader_version(self) -> str:
-        """`<task>/<revision>` plus the versions of the libraries the grader calls."""
+        """`<task>/<revision>` plus the versions of the libraries the grader calls (looked up once: every
+        record carries it)."""
+        if getattr(self, "_grader_version", None) is None:
+            self._grader_version = self._library_versions()
+        return self._grader_version
+
+    def _library_versions(self) -> str:
         from importlib import metadata
 
         parts = [f"{self.name}/{self.grader_revision}"]
