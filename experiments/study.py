@@ -117,9 +117,10 @@ def _with_new_defaults(identity: dict) -> dict:
     """A saved study identity with each instance's settings completed by its method's defaults.
 
     A setting added to a method since the study was written (power_mh's `position`) counts as
-    its default, so the study resumes.
+    its default, and an instance without its own `num_problems` has the study's, so the study resumes.
     """
     for instance in identity.get("instances") or []:
+        instance.setdefault("num_problems", identity.get("num_problems"))  # per instance since issue 15
         try:
             method = get_method(instance["method"])
         except (KeyError, ValueError):
@@ -191,7 +192,7 @@ def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str
 def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -> SampleRunArgs:
     return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
                          name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
-                         num_problems=config.num_problems, num_samples=instance.num_samples, seed=config.seed,
+                         num_problems=instance.num_problems, num_samples=instance.num_samples, seed=config.seed,
                          split=config.split, chat=config.chat)
 
 

@@ -40,7 +40,7 @@ from .sample import check_instance_name
 
 DEFAULT_METHODS = ("base", "low_temp", "power_mh", "grpo")
 SHARED_SETTINGS = ("alpha", "max_new_tokens", "batch_size")  # study-level keys that instances inherit
-INSTANCE_KEYS = ("name", "method", "num_samples")  # keys of a methods entry that are not settings
+INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems")  # keys of a methods entry that are not settings
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -66,6 +66,7 @@ class MethodInstance:
     method: str
     settings: typing.Any
     num_samples: int
+    num_problems: int | None = None  # the first num_problems of the study's problems (None: all of them)
 
 
 @dataclass
@@ -130,6 +131,13 @@ class StudyConfig:
         num_samples = entry.pop("num_samples", self.num_samples)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise UsageError(f"{where}.num_samples must be an integer >= 1, got {num_samples!r}")
+        num_problems = entry.pop("num_problems", self.num_problems)
+        if num_problems is not None and (isinstance(num_problems, bool) or not isinstance(num_problems, int)
+                                         or num_problems < 1):
+            raise UsageError(f"{where}.num_problems must be an integer >= 1 or null, got {num_problems!r}")
+        if self.num_problems is not None and num_problems is not None and num_problems > self.num_problems:
+            raise UsageError(f"{where}.num_problems is {num_problems}, more than the study's num_problems "
+                             f"({self.num_problems}): an instance samples a subset of the study's problems")
         accepted = method.field_names()
         unknown = [k for k in entry if k not in accepted]
         if unknown:
@@ -142,7 +150,7 @@ class StudyConfig:
             settings = method.settings(**values)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{where} ({name}): {err}") from None
-        return MethodInstance(name, kind, settings, num_samples)
+        return MethodInstance(name, kind, settings, num_samples, num_problems)
 
     @property
     def needs_rl_model(self) -> bool:
