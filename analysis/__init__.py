@@ -11,7 +11,7 @@
     metrics.py    every number of the report, from the records and scores (metrics.json)
     plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
     report.py     report.md
-    wandb_log.py  the same metrics, plots, histograms and sample tables in a wandb run
+    wandb_log.py  one wandb run per method instance (same keys, settings as config) and the analysis run
 
 Sample files are read, never written; scores are derived data beside them.
 """

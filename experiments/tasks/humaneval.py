@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 
 from .base import Task, apply_chat, take
-from .sandbox import check_setting, resolve_sandbox, run_tests
 
 # Codex's stop sequences, plus a closing code fence (instruct models close their block).
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
@@ -39,17 +38,16 @@ class HumanEval(Task):
     grader_revision = 2  # 2: the tests run in a trusted checker on plain values; 1 read the program's stdout
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
-        self.timeout = timeout
-        self.memory_mb = memory_mb
-        self.sandbox_setting = check_setting(sandbox)  # "auto", "bwrap" or "none"
-        self._sandbox = resolve_sandbox(sandbox) if sandbox == "bwrap" else None  # insisting fails here, at once
+        from .graders import CodeGrader
+
+        # bwrap is probed once, on first use; sandbox="bwrap" insists, and fails here, at once
+        self.grader = CodeGrader(timeout=timeout, memory_mb=memory_mb, sandbox=sandbox)
+        self.timeout, self.memory_mb = timeout, memory_mb
 
     @property
     def sandbox(self) -> str:
-        """What programs run in here: 'bwrap' or 'unsandboxed' (bwrap is probed once, on first use)."""
-        if self._sandbox is None:
-            self._sandbox = resolve_sandbox(self.sandbox_setting)
-        return self._sandbox
+        """What programs run in here: 'bwrap' or 'unsandboxed'."""
+        return self.grader.sandbox
 
     @property
     def grader_version(self) -> str:
@@ -71,38 +69,46 @@ class HumanEval(Task):
         return problem["prompt"]
 
     def prompt(self, problem, tokenizer=None, chat=False):
-        if not chat:
-            return problem["prompt"]  # a base model continues the function body
-        text = ("Complete the following Python function. Reply with the whole function in one "
-                f"```python code block.\n\n```python\n{problem['prompt']}```")
-        return apply_chat(tokenizer, text)
+        return code_prompt(problem["prompt"], tokenizer, chat)
 
     def program_body(self, problem: dict, completion: str) -> str:
         """The code appended to the problem's prompt: a continuation, or a full solution after it."""
-        block = FENCED_BLOCK.search(completion)
-        if block is not None:
-            code = block.group(1)
-            if re.search(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.MULTILINE):
-                # A full solution redefines the function after the prompt's stub (a def whose
-                # body is only its docstring is valid Python), keeping the prompt's imports.
-                return "\n" + code
-            completion = code
-        for stop in STOP_SEQUENCES:
-            cut = completion.find(stop)
-            if cut != -1:
-                completion = completion[:cut]
-        return completion
+        return program_body(problem["entry_point"], completion)
 
     def extract_answer(self, completion):
         return None  # code has no short answer; the record keeps the completion itself
 
     def grade(self, problem, completion):
-        return 1.0 if self.execute(problem, completion) == "passed" else 0.0
+        return self.grader.grade(problem, completion)
 
     def execute(self, problem: dict, completion: str) -> str:
         """Run the problem's tests on a completion: 'passed', 'timed out' or 'failed: ...'."""
-        program = problem["prompt"] + self.program_body(problem, completion)
-        # trusted: the prompt (for helpers such as HumanEval/32's poly, which the tests call) and the tests
-        harness = problem["prompt"] + "\n" + problem["test"]
-        return run_tests(program, harness, problem["entry_point"], kind=self.sandbox, timeout=self.timeout,
-                         memory_mb=self.memory_mb)
+        return self.grader.execute(problem, completion)
+
+
+def code_prompt(prompt: str, tokenizer=None, chat: bool = False) -> str:
+    """A function stub as a raw prompt (a base model continues its body), or as a chat request for the
+    whole function in one code block."""
+    if not chat:
+        return prompt
+    text = ("Complete the following Python function. Reply with the whole function in one "
+            f"```python code block.\n\n```python\n{prompt}```")
+    return apply_chat(tokenizer, text)
+
+
+def program_body(entry_point: str, completion: str) -> str:
+    """The code appended to a problem's prompt: a continuation cut at the stop sequences, or a full
+    solution (a fenced block that defines `entry_point`) placed after the prompt."""
+    block = FENCED_BLOCK.search(completion)
+    if block is not None:
+        code = block.group(1)
+        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+            # A full solution redefines the function after the prompt's stub (a def whose
+            # body is only its docstring is valid Python), keeping the prompt's imports.
+            return "\n" + code
+        completion = code
+    for stop in STOP_SEQUENCES:
+        cut = completion.find(stop)
+        if cut != -1:
+            completion = completion[:cut]
+    return completion

@@ -1,90 +1,45 @@
 """MATH500: competition math, the paper's prompt, last-\\boxed{} extraction, math-verify grading.
 
-    task = get_task("math500", data_path="../shared/data/MATH500.json")
+    task = get_task("math500", path="../shared/data/MATH500.json")     # data_path= is an alias
     task = get_task("math500")      # the Hub dataset HuggingFaceH4/MATH-500 (needs network or HF cache)
+    task = get_task("math500", prompt="reference_math")   # the reference code's exact text (see file_task.py)
 
 A local file is JSON (a list) or JSONL with, per problem, the question (`prompt` or
 `problem`), the gold `answer`, and optionally an `id` / `unique_id`. Grading compares
 the last \\boxed{...} of the completion to the gold answer with math-verify, so
-`\\frac12`, `\\dfrac{1}{2}` and `0.5` agree. math-verify bounds its own time with
-SIGALRM, which works only in the main thread; elsewhere (a reward function in a
-worker thread) the check runs in a forked process that is killed at the timeout.
+`\\frac12`, `\\dfrac{1}{2}` and `0.5` agree (the `math` grader of experiments/tasks/graders.py,
+bounded in time in any thread).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import threading
 from pathlib import Path
 
 from common.errors import UsageError
 from .base import Task, take
+from .datafiles import render
+from .file_task import PAPER_MATH, resolve_template
+from .graders import MathGrader, answers_match, last_boxed  # noqa: F401 (last_boxed, answers_match: public here)
 
 HUB_DATASET = "HuggingFaceH4/MATH-500"
 # The paper's wording (reference implementation, `format_prompt` with cot=True).
-PROMPT_PREFIX = "Can you solve the following math problem? "
-PROMPT_SUFFIX = " Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}) in `text`, braces balanced; None if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j].strip()
-    return None  # unbalanced: the completion was cut inside its answer
-
-
-def answers_match(gold: str, predicted: str, timeout: int = 5) -> bool:
-    """math-verify equivalence of two LaTeX answers, bounded in time in any thread."""
-    if threading.current_thread() is threading.main_thread():
-        return _verify(gold, predicted, timeout)
-    return _verify_in_child(gold, predicted, timeout)
-
-
-def _verify(gold: str, predicted: str, timeout: int | None) -> bool:
-    from math_verify import parse, verify
-
-    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
-    pred_parsed = parse(f"${predicted}$", parsing_timeout=timeout)
-    if not gold_parsed or not pred_parsed:
-        return gold.strip() == predicted.strip()
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-
-
-def _child(conn, gold, predicted):
-    conn.send(_verify(gold, predicted, None))
-
-
-def _verify_in_child(gold: str, predicted: str, timeout: int) -> bool:
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, gold, predicted), daemon=True)
-    proc.start()
-    verdict = receive.recv() if receive.poll(timeout * 3) else False
-    proc.kill()
-    proc.join()
-    return verdict
+PROMPT_PREFIX, PROMPT_SUFFIX = PAPER_MATH.split("{question}")
 
 
 class Math500(Task):
     name = "math500"
+    reference_rl_chat = True  # the reference prompts its GRPO checkpoint through the chat template
+    reference_options = {"prompt": "reference_math"}  # the study's profile: reference
     splits = ("test",)
     grader_libraries = ("math-verify",)
 
-    def __init__(self, data_path: str | None = None):
-        self.data_path = data_path
+    def __init__(self, path: str | None = None, data_path: str | None = None, prompt: str = "paper_math"):
+        if path is not None and data_path is not None:
+            raise UsageError("give path= or its alias data_path=, not both")
+        self.data_path = path if path is not None else data_path
+        self.template = resolve_template(prompt)
+        self.grader = MathGrader()
 
     def load(self, limit=None, seed=0, split="test"):
         self.check_split(split)
@@ -124,16 +79,13 @@ class Math500(Task):
             return list(load_dataset(HUB_DATASET, split="test"))
         except Exception as err:  # network, auth or cache errors all mean "not loadable here"
             raise UsageError(f"cannot load {HUB_DATASET} from the Hub ({type(err).__name__}); "
-                             f"pass data_path=<MATH500 .json/.jsonl file>") from None
+                             f"pass path=<MATH500 .json/.jsonl file>") from None
 
     def prompt_text(self, problem):
-        return PROMPT_PREFIX + problem["question"] + PROMPT_SUFFIX
+        return render(self.template, {"question": problem["question"]})
 
     def extract_answer(self, completion):
-        return last_boxed(completion)
+        return self.grader.extract(completion)
 
     def grade(self, problem, completion):
-        predicted = self.extract_answer(completion)
-        if predicted is None:
-            return 0.0
-        return 1.0 if answers_match(problem["answer"], predicted) else 0.0
+        return self.grader.grade(problem, completion)
