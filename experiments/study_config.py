@@ -187,9 +187,9 @@ class StudyConfig:
         if num_problems is not None and (isinstance(num_problems, bool) or not isinstance(num_problems, int)
                                          or num_problems < 1):
             raise UsageError(f"{where}.num_problems must be an integer >= 1 or null, got {num_problems!r}")
-        if self.num_problems is not None and num_problems is not None and num_problems > self.num_problems:
-            raise UsageError(f"{where}.num_problems is {num_problems}, more than the study's num_problems "
-                             f"({self.num_problems}): an instance samples a subset of the study's problems")
+        if self.num_problems is not None and num_problems is not None:
+            # A subset of the study's problems: `num_problems=4` for a quick run shrinks every instance.
+            num_problems = min(num_problems, self.num_problems)
         chat = entry.pop("chat", self.grpo_chat if method.model == "rl" else self.chat)
         if not isinstance(chat, bool):
             raise UsageError(f"{where}.chat must be true or false, got {chat!r}")

@@ -152,6 +152,12 @@ def test_presets_parse_and_the_gpu_presets_fail_at_once_here(tmp_path, capsys, m
     (["task=humaneval"], "GRPO needs a train split"),
     (["model=/no/such/model"], "does not exist"),
     (["grpo.accelerate_config=/no/such.yaml"], "accelerate config '/no/such.yaml' does not exist"),
+    (["methods=[{name: x, method: base, num_problems: 0}]"], "methods[0].num_problems must be an integer >= 1"),
+    (["methods=[{name: x, method: base, chat: maybe}]"], "methods[0].chat must be true or false"),
+    (["profile=paper"], "unknown profile 'paper': valid profiles are default, reference"),
+    (["grpo.task_args={path: x}"], "grpo.task_args goes with grpo.task"),
+    (["grpo.task=humaneval"], "GRPO needs a train split, and task 'humaneval' has only test"),
+    (["grpo.config=no_such"], "grpo.config 'no_such' does not exist"),
 ])
 def test_bad_study_configs_fail_before_any_work(tmp_path, capsys, extra, message):
     out = tmp_path / "study"
