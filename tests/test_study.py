@@ -16,10 +16,14 @@ from common.records import read_records
 from experiments.study_config import CONFIG_DIR, load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("base", "low_temp", "power_mh", "power_smc", "power_sps", "grpo")
+METHODS = ("base", "low_temp", "power_mh", "power_smc", "power_sps", "grpo", "base_256", "grpo_256")
 # A very small version of the testbed preset: 4 problems x 2 samples (the SMC and SPS instances keep
-# their own 8 and 4), 4 GRPO steps.
+# their own 8 and 4; the large-k instances take 4 samples of the first 2 problems), 4 GRPO steps.
 TINY = ["num_problems=4", "num_samples=2", "power_mh.block_size=4", "power_mh.mcmc_steps=2",
+        "methods=[base, low_temp, power_mh, {name: power_smc, method: power_smc, num_samples: 8}, "
+        "{name: power_sps, method: power_sps, num_samples: 4}, grpo, "
+        "{name: base_256, method: base, num_samples: 4, num_problems: 2}, "
+        "{name: grpo_256, method: grpo, num_samples: 4, num_problems: 2}]",
         "power_smc.num_particles=4", "power_sps.num_candidates=2", "power_sps.num_rollouts=2",
         "grpo.max_steps=4", "grpo.save_steps=2", "grpo.logging_steps=2", "grpo.per_device_train_batch_size=8",
         "grpo.num_generations=4", "grpo.log_completions=false", "analysis.bootstrap=200", "wandb.mode=off"]
@@ -35,7 +39,7 @@ def all_records(out: Path) -> dict[str, list[dict]]:
 
 def assert_complete(out: Path):
     records = all_records(out)
-    expected = {i.name: 4 * i.num_samples for i in load_study_config("testbed", TINY).instances}
+    expected = {i.name: (i.num_problems or 4) * i.num_samples for i in load_study_config("testbed", TINY).instances}
     for method, lines in records.items():
         keys = [(r["problem_id"], r["sample_idx"]) for r in lines]
         assert len(keys) == len(set(keys)) == expected[method], method

@@ -1,7 +1,7 @@
 """The testbed: exact process probabilities, the corpus sampler, splits, grader, the built model.
 
 Fast tests need no model. Tests taking `testbed_dir` use the default testbed, built once per
-machine (about a minute) and cached; the calibration figures are measured once per session.
+machine (a minute or two) and cached; the calibration figures are measured once per session.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from common.errors import UsageError
 from experiments.tasks import get_task
 from experiments.testbed import corpus
 from experiments.testbed import train as train_module
-from experiments.testbed.corpus import (EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions, exact_figures,
-                                        extract_answer, generate_problems, sample_documents, split_of,
-                                        teacher_next)
+from experiments.testbed.corpus import (DOUBLE, EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions,
+                                        exact_figures, extract_answer, generate_problems, is_posed,
+                                        sample_documents, split_of, teacher_next)
 
 # ----- the process, exactly --------------------------------------------------------------
 
@@ -38,6 +38,41 @@ def test_trap_table_is_the_issue_arithmetic():
     assert trap["pick_guess"]["base"] == GUESS
 
 
+def test_twice_table_is_the_rare_path_arithmetic():
+    """Twice: one future behind each opening, so token-level 1/alpha and p^alpha agree: both drop `double`."""
+    twice = exact_figures(alpha=4, ks=(1, 16, 64, 256))["twice"]
+    assert twice["pick_double"]["base"] == DOUBLE == 0.05
+    assert twice["pick_double"]["low_temp"] == pytest.approx(0.05 ** 4 / (0.05 ** 4 + 0.95 ** 4))
+    assert twice["pick_double"]["power"] == pytest.approx(7.6733e-6, rel=1e-4)
+    assert twice["pass@1"] == twice["pick_double"]
+    # pass@k of the base model: every posed twice problem has one right future of probability 0.05.
+    assert twice["base_pass@k"]["16"] == pytest.approx(0.5599, abs=1e-4)
+    assert twice["base_pass@k"]["64"] == pytest.approx(0.9625, abs=1e-4)
+    assert twice["base_pass@k"]["256"] == pytest.approx(1 - 0.95 ** 256)
+
+
+def _figures_by_enumeration(kind, terms, alpha):
+    """pass@1 of base, low temperature and p^alpha from every completion the teacher can write."""
+    gold = corpus.answer_of(terms, kind)
+    base = enumerate_completions(kind, terms)
+    low = enumerate_completions(kind, terms, temperature=1 / alpha)
+    assert sum(p for _, p in base) == pytest.approx(1.0)
+    assert sum(p for _, p in low) == pytest.approx(1.0)
+
+    def right(paths, weight=lambda p: p):
+        total = sum(weight(p) for _, p in paths)
+        return sum(weight(p) for words, p in paths if extract_answer(" ".join(words)) == str(gold)) / total
+
+    return base, {"base": right(base), "low_temp": right(low), "power": right(base, lambda p: p ** alpha)}
+
+
+def _posed_terms(rng, kind, steps):
+    while True:
+        terms = [int(t) for t in rng.integers(0, 10, steps)]
+        if is_posed(kind, terms):
+            return terms
+
+
 @pytest.mark.parametrize("steps", [2, 3])
 def test_exact_figures_match_brute_force_enumeration(steps):
     """The closed forms against every completion the teacher can write, with its probability."""
@@ -46,26 +81,44 @@ def test_exact_figures_match_brute_force_enumeration(steps):
     rng = np.random.default_rng(steps)
     for kind in corpus.KINDS:
         for _ in range(3):
-            terms = [int(t) for t in rng.integers(0, 10, steps)]
-            gold = str(sum(terms) % 10)
-            ref = figures[kind]["pass@1"]
-            base = enumerate_completions(kind, terms)
-            low = enumerate_completions(kind, terms, temperature=1 / alpha)
-            assert sum(p for _, p in base) == pytest.approx(1.0)
-            assert sum(p for _, p in low) == pytest.approx(1.0)
-
-            def right(paths, weight=lambda p: p):
-                total = sum(weight(p) for _, p in paths)
-                return sum(weight(p) for words, p in paths if extract_answer(" ".join(words)) == gold) / total
-
-            assert right(base) == pytest.approx(ref["base"])
-            assert right(low) == pytest.approx(ref["low_temp"])
-            assert right(base, lambda p: p ** alpha) == pytest.approx(ref["power"])
+            terms = _posed_terms(rng, kind, steps)
+            base, measured = _figures_by_enumeration(kind, terms, alpha)
+            for method, value in measured.items():
+                assert value == pytest.approx(figures[kind]["pass@1"][method]), (kind, method)
             if kind == "trap":
                 pick_work = (sum(p ** alpha for w, p in base if w[0] == "work")
                              / sum(p ** alpha for _, p in base))
                 assert pick_work == pytest.approx(figures["trap"]["pick_work"]["power"])
                 assert len(base) == 11  # ten guesses and one worked solution
+            if kind == "twice":
+                assert sorted(w[0] for w, _ in base) == ["double", "work"]  # one future behind each opening
+                words, running = ["double"], 0
+                for t in terms + [sum(terms) % 10]:  # the sum, then its total added once more
+                    running = (running + t) % 10
+                    words += [corpus.TERMS[t], str(running)]
+                assert [w for w, _ in base if w[0] == "double"] == [words + ["answer", str(running)]]
+
+
+def test_twice_enumeration_rejects_a_broken_teacher(monkeypatch):
+    """The enumeration check can fail: a teacher whose `double` path forgets to double is caught."""
+    terms = [3, 5, 8, 2, 1]
+    real = teacher_next
+
+    def forgets_to_double(kind, terms_, prefix):
+        if prefix and prefix[0] == "double":
+            return real(kind, terms_, ["work"] + prefix[1:])  # the sum's solution behind the `double` opening
+        return real(kind, terms_, prefix)
+
+    monkeypatch.setattr(corpus, "teacher_next", forgets_to_double)
+    _, measured = _figures_by_enumeration("twice", terms, 4.0)
+    assert measured["base"] != pytest.approx(exact_figures()["twice"]["pass@1"]["base"])
+    monkeypatch.undo()
+    _, measured = _figures_by_enumeration("twice", terms, 4.0)
+    assert measured["base"] == pytest.approx(DOUBLE)
+    # A problem whose sum ends in 0 has the same answer both ways: the task does not pose it.
+    assert not is_posed("twice", [5, 5, 0, 0, 0]) and is_posed("plain", [5, 5, 0, 0, 0])
+    _, measured = _figures_by_enumeration("twice", [5, 5, 0, 0, 0], 4.0)
+    assert measured["base"] == pytest.approx(1.0)
 
 
 def test_teacher_refuses_what_it_never_writes():
@@ -95,6 +148,7 @@ def test_corpus_sampler_follows_the_teacher():
         tokens += len(completion)
     # The corpus entropy per token, which training can at best reach.
     assert nats / tokens == pytest.approx(corpus.loss_floor(), abs=0.015)
+    doubles, twices = 0, 0
     for row in ids:
         kind = VOCAB[row[0]]
         kinds[kind] += 1
@@ -102,6 +156,9 @@ def test_corpus_sampler_follows_the_teacher():
             guesses += VOCAB[row[p]] == "guess"
             if VOCAB[row[p]] == "guess":
                 guessed[VOCAB[row[p + 2]]] += 1
+        elif kind == "twice":
+            twices += 1
+            doubles += VOCAB[row[p]] == "double"
         else:
             previous = 0
             for k in range(corpus.NUM_TERMS):
@@ -112,8 +169,10 @@ def test_corpus_sampler_follows_the_teacher():
                     slips += 1
                     wrong_moves[move] += 1
                 previous = total
-    assert abs(kinds["trap"] / len(ids) - 0.5) < 4 * math.sqrt(0.25 / len(ids))
+    for kind in corpus.KINDS:  # kinds equally likely
+        assert abs(kinds[kind] / len(ids) - 1 / 3) < 4 * math.sqrt(2 / 9 / len(ids)), kind
     assert abs(guesses / kinds["trap"] - GUESS) < 4 * math.sqrt(GUESS * (1 - GUESS) / kinds["trap"])
+    assert abs(doubles / twices - DOUBLE) < 4 * math.sqrt(DOUBLE * (1 - DOUBLE) / twices)
     assert abs(slips / plain_steps - SLIP) < 4 * math.sqrt(SLIP * (1 - SLIP) / plain_steps)
     from scipy.stats import chisquare
 
@@ -130,11 +189,32 @@ def test_splits_are_disjoint_and_stable():
     assert len(test) == len(train) == 3000
     assert not {p["id"] for p in test} & {p["id"] for p in train}
     assert all(split_of(p["kind"], p["terms"]) == "test" for p in test)
-    assert [p["kind"] for p in test[:4]] == ["plain", "trap", "plain", "trap"]
+    assert [p["kind"] for p in test[:4]] == ["plain", "trap", "twice", "plain"]
+    # The plain and trap problems (test and train) are the ones the testbed posed before it had twice problems.
+    assert [p["id"] for p in test[:5]] == ["plain-04522", "trap-60837", "twice-14578", "plain-54290", "trap-40490"]
+    assert [p["id"] for p in train[:2]] == ["plain-81173", "trap-48857"]
     # About a fifth of all problems are test problems, whatever the seed.
     table = corpus._test_table()
     assert abs(table.mean() - corpus.TEST_FRACTION) < 0.01
     assert table[1, corpus.problem_code(0, test[1]["terms"])]
+
+
+def test_grpo_train_split_has_no_twice_problems():
+    """What GRPO trains on: plain and trap in turn; twice problems are only in the test mix (and the corpus)."""
+    train = get_task("testbed").load(split="train")
+    assert len(train) == 1000
+    assert Counter(p["kind"] for p in train) == {"plain": 500, "trap": 500}
+    assert corpus.TRAIN_MIX == ("plain", "trap") and set(corpus.TEST_MIX) == set(corpus.KINDS)
+    test = get_task("testbed").load(limit=300)
+    assert Counter(p["kind"] for p in test) == {"plain": 100, "trap": 100, "twice": 100}
+    # Twice problems of the train split exist (the corpus is made of them), but only when asked for.
+    twice_train = get_task("testbed", kind="twice").load(limit=50, split="train")
+    assert all(p["kind"] == "twice" and split_of("twice", p["terms"]) == "train" for p in twice_train)
+    # Every posed twice problem has a wrong habitual answer: its sum does not end in 0.
+    for p in [q for q in test if q["kind"] == "twice"] + twice_train:
+        assert sum(p["terms"]) % 10 != 0 and p["answer"] == str(2 * sum(p["terms"]) % 10)
+    ids, _ = sample_documents(np.random.default_rng(2), 3000)
+    assert abs((ids[:, 0] == TOKEN_ID["twice"]).mean() - 1 / 3) < 0.05
 
 
 def test_problems_are_deterministic_given_the_seed():
@@ -159,8 +239,20 @@ def test_grader_counts_only_the_right_final_answer():
     assert task.extract_answer("guess answer") is None
 
 
+def test_grader_of_twice_problems_wants_twice_the_sum():
+    task = get_task("testbed", kind="twice")
+    problem = corpus.make_problem("twice", [3, 5, 8, 2, 1])
+    assert problem["answer"] == "8" and task.prompt(problem) == "twice 3 + 5 + 8 + 2 + 1 ="
+    assert task.grade(problem, "double +3 3 +5 8 +8 6 +2 8 +1 9 +9 8 answer 8") == 1.0
+    assert task.grade(problem, "work +3 3 +5 8 +8 6 +2 8 +1 9 answer 9") == 0.0  # the habit: the sum
+    assert task.grade(problem, "double +3 3 +5 8 +8 6 +2 8 +1 9 +9 8 answer 9") == 0.0
+    assert task.grade(problem, "guess answer 8") == 1.0  # only the answer counts
+    assert len("double +3 3 +5 8 +8 6 +2 8 +1 9 +9 8 answer 8".split()) + 1 == corpus.MAX_COMPLETION_LEN
+    assert [p["kind"] for p in task.load(limit=5)] == ["twice"] * 5
+
+
 def test_task_options_and_splits_are_checked():
-    with pytest.raises(UsageError, match="kind"):
+    with pytest.raises(UsageError, match="mixed, plain, trap or twice"):
         get_task("testbed", kind="hard")
     with pytest.raises(UsageError, match="size"):
         get_task("testbed", size=0)
@@ -178,6 +270,25 @@ def test_tokenizer_reads_and_writes_the_corpus():
         completion = [TOKEN_ID[w] for w in words[corpus.PROMPT_LEN:]]
         assert tokenizer.decode(completion, skip_special_tokens=True) == " ".join(words[corpus.PROMPT_LEN:-1])
     assert tokenizer.eos_token_id == TOKEN_ID[EOS] and tokenizer.pad_token_id == TOKEN_ID[corpus.PAD]
+
+
+def test_kind_figures_split_a_run_by_kind(tmp_path, capsys):
+    """pass@k per (method, kind) from the records: ids name the kind; k stops at the samples there are."""
+    from experiments.testbed.kinds import kind_figures, main
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    lines = [{"problem_id": "twice-14578", "sample_idx": i, "correct": i == 0} for i in range(4)]
+    lines += [{"problem_id": "plain-04522", "sample_idx": i, "correct": True} for i in range(4)]
+    (samples / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (samples / "base.sessions.jsonl").write_text("")
+    figures = kind_figures(tmp_path, ks=(1, 4, 16))
+    assert list(figures) == ["base"] and list(figures["base"]) == ["plain", "twice"]
+    twice = figures["base"]["twice"]
+    assert (twice["problems"], twice["samples"]) == (1, 4) and set(twice["pass@k"]) == {"1", "4"}
+    assert twice["pass@k"]["1"][0] == 0.25 and twice["pass@k"]["4"][0] == 1.0
+    assert main([str(tmp_path)]) == 0 and "| base | twice | 1 x 4 |" in capsys.readouterr().out
+    assert main([str(tmp_path / "nothing")]) == 2
 
 
 # ----- building and caching (a few training steps into a temporary directory) --------------
@@ -349,6 +460,19 @@ def test_trained_model_reproduces_the_trap(calibration):
     assert trap["low_temp_pick_guess"] == pytest.approx(proc["pick_guess"]["low_temp"], abs=0.1)
 
 
+def test_trained_model_has_the_rare_path(calibration):
+    """Twice: the model opens with `double` about 5% of the time, then writes the doubled solution;
+    sharpening its opening token (low temperature) or its sequences (p^alpha) drops that path."""
+    twice, proc = calibration["twice"], calibration["process"]["twice"]
+    assert twice["p_double"] == pytest.approx(proc["pick_double"]["base"], abs=0.02)
+    assert twice["double_path_p"] > 0.9 * twice["p_double"]  # the path behind `double` is learned, and right
+    assert twice["work_path_p"] > 0.9 * twice["p_work"]
+    assert twice["low_temp_pick_double"] < 1e-3 and twice["power_pick_double_upper"] < 1e-3
+    base, k = calibration["base"]["twice"], calibration["samples_per_problem"]
+    assert 0.02 <= base["pass@1"] <= 0.1 and base[f"pass@{k}"] > 3 * base["pass@1"]
+    assert calibration["low_temp"]["twice"]["pass@1"] < 0.01
+
+
 def test_sharpen_sample_runs_every_method_on_the_testbed(testbed_dir, tmp_path):
     from experiments.cli import main
     from common.records import read_records
@@ -373,5 +497,5 @@ def test_sharpen_testbed_prints_its_calibration(testbed_dir, capsys):
 
     assert main(["testbed", "--num-problems", "8", "--num-samples", "4"]) == 0
     out = capsys.readouterr().out
-    assert str(testbed_dir) in out and "low temp picks guess" in out
+    assert str(testbed_dir) in out and "low temp picks guess" in out and "twice opening" in out
     assert (testbed_dir / "calibration.json").is_file()

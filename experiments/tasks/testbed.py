@@ -1,10 +1,13 @@
-"""The testbed task: the last digit of a sum of five digits, worked step by step (plain or trap problems).
+"""The testbed task: the last digit of a sum of five digits (of twice the sum), worked step by step.
 
-    task = get_task("testbed")                 # half plain, half trap problems, alternating
+    task = get_task("testbed")                 # plain, trap and twice problems in turn (test split)
     task = get_task("testbed", kind="trap")    # trap problems only
     problems = task.load(limit=64)             # test split; split="train" for GRPO (disjoint)
-    task.prompt(problems[0])                   # 'plain 1 + 2 + 6 + 8 + 2 ='
-    task.grade(problems[0], "work +1 1 +2 3 +6 9 +8 7 +2 9 answer 9")   # 1.0
+    task.prompt(problems[0])                   # 'plain 0 + 4 + 5 + 2 + 2 ='
+    task.grade(problems[0], "work +0 0 +4 4 +5 9 +2 1 +2 3 answer 3")   # 1.0
+
+The train split (what GRPO trains on) mixes plain and trap problems only: twice problems, whose
+right path is rare under the base model, are absent from it (`kind="twice"` asks for them).
 
 The problems, the noisy-teacher corpus and its exact probabilities are documented in
 experiments/testbed/corpus.py; the model is built by `sharpen testbed`. The answer is the
@@ -28,7 +31,7 @@ class Testbed(Task):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise UsageError(f"testbed option size must be an integer >= 1, got {size!r}")
         if kind not in ("mixed",) + KINDS:
-            raise UsageError(f"testbed option kind must be mixed, plain or trap, got {kind!r}")
+            raise UsageError(f"testbed option kind must be mixed, {', '.join(KINDS[:-1])} or {KINDS[-1]}, got {kind!r}")
         self.size = size
         self.kind = kind
 

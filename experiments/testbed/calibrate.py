@@ -4,7 +4,7 @@
     figures = calibrate(build_testbed())
     print(format_calibration(figures))
 
-Measured on test problems (half plain, half trap) with `sampling.sample`:
+Measured on test problems (plain, trap and twice in turn) with `sampling.sample`:
 - base pass@1 at temperature 1 and pass@k (k = samples per problem), per kind;
 - low-temperature pass@1 at 1/alpha, per kind;
 - mean base log-likelihood (sum and per token) of the correct and of the wrong base samples;
@@ -13,7 +13,11 @@ Measured on test problems (half plain, half trap) with `sampling.sample`:
   token, the share of the opening that low temperature gives `guess`
   (p_guess^alpha / sum_v p_v^alpha), and a lower bound on the share p^alpha gives `work`:
   its single right future x_w counts p(x_w)^alpha, the 10 guess futures their p^alpha, and
-  any mass r off these paths at most r^alpha (sum p_i^alpha <= (sum p_i)^alpha for alpha >= 1).
+  any mass r off these paths at most r^alpha (sum p_i^alpha <= (sum p_i)^alpha for alpha >= 1);
+- on twice problems, likewise: P(double) and P(work), the probability of the right (doubled) and
+  of the habitual (sum) solution, the share low temperature gives `double`, and an upper bound on
+  the share p^alpha gives it (the right path plus any other mass after `double`, against the
+  habitual path alone).
 Every figure sits beside the exact value of the noisy-teacher process (corpus.exact_figures).
 """
 
@@ -29,7 +33,7 @@ from sampling import derive_seed, load_model, sample
 
 from . import corpus
 
-MAX_NEW_TOKENS = 32  # completions are at most 14 tokens; longer ones are failures
+MAX_NEW_TOKENS = 32  # completions are at most 16 tokens; longer ones are failures
 POWER_SETTINGS = {"block_size": 16, "mcmc_steps": 8}  # short settings: one block covers a completion
 
 
@@ -126,6 +130,32 @@ def trap_preference(model, tokenizer, problem: dict, alpha: float = 4.0) -> dict
             "power_pick_work_lower": mass_work_low / (mass_work_low + mass_guess_up + mass_other_up)}
 
 
+def _worked_words(opening: str, worked) -> list[str]:
+    """A slip-free worked solution of the terms `worked`, opened with `opening`."""
+    words, running = [opening], 0
+    for t in worked:
+        running = (running + t) % 10
+        words += [corpus.TERMS[t], str(running)]
+    return words + ["answer", str(running), corpus.EOS]
+
+
+def twice_preference(model, tokenizer, problem: dict, alpha: float = 4.0) -> dict:
+    """The twice figures of one twice problem from the model's own probabilities (see module doc)."""
+    tok = corpus.TOKEN_ID
+    prompt = tokenizer(problem["question"], add_special_tokens=False)["input_ids"]
+    terms = problem["terms"]
+    habit = _worked_words("work", terms)  # the sum: the wrong answer
+    right = _worked_words("double", terms + [sum(terms) % 10])
+    opening, logps = _path_logprobs(model, prompt, [[tok[w] for w in words] for words in (right, habit)])
+    p_open = opening.exp()
+    p_double, p_work = float(p_open[tok["double"]]), float(p_open[tok["work"]])
+    right_path, habit_path = math.exp(logps[0]), math.exp(logps[1])
+    mass_double_up = right_path ** alpha + max(0.0, p_double - right_path) ** alpha
+    return {"p_double": p_double, "p_work": p_work, "double_path_p": right_path, "work_path_p": habit_path,
+            "low_temp_pick_double": float(p_open[tok["double"]] ** alpha / (p_open.double() ** alpha).sum()),
+            "power_pick_double_upper": mass_double_up / (mass_double_up + habit_path ** alpha)}
+
+
 def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int = 16, alpha: float = 4.0,
               seed: int = 0, power: bool = True, power_samples: int = 4,
               model=None, tokenizer=None) -> dict:
@@ -168,7 +198,11 @@ def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int
         figures["trap"]["problems"] = len(traps)
         figures["trap"]["reproduced"] = sum(t["low_temp_pick_guess"] > 0.5 and t["power_pick_work_lower"] > 0.5
                                             for t in traps) / len(traps)
-    figures["process"] = corpus.exact_figures(alpha)
+    twices = [twice_preference(model, tokenizer, p, alpha) for p in problems if p["kind"] == "twice"]
+    figures["twice"] = {key: sum(t[key] for t in twices) / len(twices) for key in twices[0]} if twices else {}
+    if twices:
+        figures["twice"]["problems"] = len(twices)
+    figures["process"] = corpus.exact_figures(alpha, ks=(1, num_samples))
     figures["wall_seconds"] = round(time.time() - started, 1)
     return figures
 
@@ -182,20 +216,23 @@ def _power_sampler():
 def format_calibration(f: dict) -> str:
     """The calibration as a small text table, each figure beside the process's exact value."""
     proc = f["process"]
-    ref = {"all": proc["mixed"]["pass@1"], "plain": proc["plain"]["pass@1"], "trap": proc["trap"]["pass@1"]}
+    ref = {"all": proc["mixed"], **{kind: proc[kind] for kind in corpus.KINDS}}
     k = f["samples_per_problem"]
     has_power = "power_mh" in f
-    head = (f"testbed calibration: {f['problems']} test problems (half plain, half trap) x {k} samples, "
+    head = (f"testbed calibration: {f['problems']} test problems (plain, trap, twice in turn) x {k} samples, "
             f"alpha {f['alpha']:g}; in brackets the noisy-teacher process's exact value")
     cols = ["base T=1", f"pass@{k}", f"low temp T=1/{f['alpha']:g}"] + (["power-MH"] if has_power else [])
     lines = [head, f"  {'pass@1':<8}" + "".join(f"{c:>20}" for c in cols) + f"{'exact p^alpha':>16}"]
-    for kind in ("all", "plain", "trap"):
-        cells = [f"{f['base'][kind]['pass@1']:.3f} [{ref[kind]['base']:.3f}]",
-                 f"{f['base'][kind][f'pass@{k}']:.3f}",
-                 f"{f['low_temp'][kind]['pass@1']:.3f} [{ref[kind]['low_temp']:.3f}]"]
+    for kind in ("all",) + corpus.KINDS:
+        if kind not in f["base"]:
+            continue
+        exact_k = ref[kind]["base_pass@k"][str(k)]
+        cells = [f"{f['base'][kind]['pass@1']:.3f} [{ref[kind]['pass@1']['base']:.3f}]",
+                 f"{f['base'][kind][f'pass@{k}']:.3f} [{exact_k:.3f}]",
+                 f"{f['low_temp'][kind]['pass@1']:.3f} [{ref[kind]['pass@1']['low_temp']:.3f}]"]
         if has_power:
             cells.append(f"{f['power_mh'][kind]['pass@1']:.3f}" if kind in f["power_mh"] else "-")
-        lines.append(f"  {kind:<8}" + "".join(f"{c:>20}" for c in cells) + f"{ref[kind]['power']:>16.3f}")
+        lines.append(f"  {kind:<8}" + "".join(f"{c:>20}" for c in cells) + f"{ref[kind]['pass@1']['power']:>16.3f}")
     if has_power:
         pm = f["power_mh"]
         lines.append(f"  power-MH: {pm['problems']} problems x {pm['samples_per_problem']} chains, "
@@ -212,5 +249,13 @@ def format_calibration(f: dict) -> str:
         lines.append(f"  low temp picks guess {t['low_temp_pick_guess']:.3f} [{pt['pick_guess']['low_temp']:.3f}]; "
                      f"p^alpha picks work >= {t['power_pick_work_lower']:.3f} [{pt['pick_work']['power']:.3f}]; "
                      f"reproduced on {t['reproduced']:.0%} of trap problems")
+    t, pt = f.get("twice") or {}, proc["twice"]
+    if t:
+        lines.append(f"  twice opening ({t['problems']} problems): P(double) {t['p_double']:.4f} "
+                     f"[{pt['pick_double']['base']:.4f}], P(work) {t['p_work']:.4f} [{pt['pick_work']['base']:.4f}]; "
+                     f"right (double) path {t['double_path_p']:.4f} [{pt['openings']['double']['future_p']:.4f}], "
+                     f"habitual (sum) path {t['work_path_p']:.4f} [{pt['openings']['work']['future_p']:.4f}]")
+        lines.append(f"  low temp picks double {t['low_temp_pick_double']:.2e} [{pt['pick_double']['low_temp']:.2e}]; "
+                     f"p^alpha picks double <= {t['power_pick_double_upper']:.2e} [{pt['pick_double']['power']:.2e}]")
     lines.append(f"  ({f['wall_seconds']:.0f} s)")
     return "\n".join(lines)

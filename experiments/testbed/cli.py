@@ -1,6 +1,6 @@
 """`sharpen testbed`: build (or reuse) the testbed model and print its calibration.
 
-    sharpen testbed                           # ~/.cache/sharpen/testbed-0-v1 (SHARPEN_CACHE moves it)
+    sharpen testbed                           # ~/.cache/sharpen/testbed-0-v2 (SHARPEN_CACHE moves it)
     sharpen testbed --output-dir runs/testbed --seed 1
 
 Prints the checkpoint directory (usable as `sharpen sample --model DIR --task testbed`) and the
@@ -25,14 +25,14 @@ class TestbedRunConfig:
     output_dir: str | None = field(
         default=None, metadata={"help": "Checkpoint directory (default: <cache>/testbed-<seed>-v<version>)."})
     seed: int = field(default=0, metadata={"help": "Seed of the corpus and the model's initialisation (>= 0)."})
-    num_problems: int = field(default=64, metadata={"help": "Test problems the calibration samples (>= 2)."})
+    num_problems: int = field(default=64, metadata={"help": "Test problems the calibration samples (>= 3)."})
     num_samples: int = field(default=16, metadata={"help": "Samples per problem and method in the calibration (>= 1)."})
 
     def __post_init__(self):
         if self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
-        if self.num_problems < 2:
-            raise UsageError(f"--num-problems must be >= 2 (half plain, half trap), got {self.num_problems}")
+        if self.num_problems < 3:
+            raise UsageError(f"--num-problems must be >= 3 (plain, trap and twice in turn), got {self.num_problems}")
         if self.num_samples < 1:
             raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
 

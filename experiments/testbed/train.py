@@ -1,12 +1,12 @@
 """Build the testbed model: a word-level tokenizer and a tiny Llama trained from scratch on the corpus.
 
     from experiments.testbed import build_testbed
-    path = build_testbed()          # ~/.cache/sharpen/testbed-0-v1, trained once, then reused
+    path = build_testbed()          # ~/.cache/sharpen/testbed-0-v2, trained once, then reused
     model, tok = sampling.load_model(str(path))
 
 or `sharpen testbed [--output-dir D] [--seed S]`. Training runs on the CPU with one thread
-(bit-for-bit the same model for the same seed and library versions) and takes about a
-minute on a free core.
+(bit-for-bit the same model for the same seed and library versions) and takes one to two
+minutes (132 s on a core shared with other jobs).
 
 The checkpoint directory is standard (AutoModelForCausalLM / AutoTokenizer load it). It is
 written into a temporary sibling and renamed into place, and `testbed.json` (the seed, the
@@ -34,7 +34,7 @@ import torch
 from common.errors import UsageError
 from . import corpus
 
-VERSION = 1  # bump whenever the process, the tokenizer, the model or the training changes
+VERSION = 2  # bump whenever the process, the tokenizer, the model or the training changes
 MARKER = "testbed.json"
 
 
@@ -267,7 +267,8 @@ def _write_checkpoint(path: Path, seed: int, config: TrainConfig, progress: bool
     build_tokenizer().save_pretrained(path)
     files = {p.name: _sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
     info = {"version": VERSION, "seed": seed, "train_config": asdict(config), "train": stats,
-            "process": {"num_terms": corpus.NUM_TERMS, "slip": corpus.SLIP, "guess": corpus.GUESS},
+            "process": {"num_terms": corpus.NUM_TERMS, "slip": corpus.SLIP, "guess": corpus.GUESS,
+                        "double": corpus.DOUBLE, "kinds": list(corpus.KINDS)},
             "torch": torch.__version__, "files": files}
     (path / MARKER).write_text(json.dumps(info, indent=2))  # last: the directory is complete from here
     if progress:
