@@ -95,12 +95,14 @@ def token_diversity(samples: list[list[int]], max_order: int = 4) -> dict:
     if m < 2:
         out["self_bleu"] = None
         return out
+    # sacrebleu's reference length: the other sample closest in length, the shorter one on a tie.
+    gap = np.abs(lengths[None, :] - lengths[:, None]).astype(float) * (lengths.max() + 1) + lengths[None, :]
+    np.fill_diagonal(gap, np.inf)
+    ref_lens = lengths[np.argmin(gap, axis=1)]  # (m,)
     scores = []
     for i in range(m):
-        others = np.delete(lengths, i)
-        ref_len = int(min(others, key=lambda r: (abs(int(r) - int(lengths[i])), int(r))))  # sacrebleu's closest
         total = [max(int(lengths[i]) - order, 0) for order in range(max_order)]
-        score = BLEU.compute_bleu(correct[i].tolist(), total, int(lengths[i]), ref_len, smooth_method="exp",
+        score = BLEU.compute_bleu(correct[i].tolist(), total, int(lengths[i]), int(ref_lens[i]), smooth_method="exp",
                                   effective_order=True, max_ngram_order=max_order).score
         scores.append(score / 100.0)
     out["self_bleu"] = float(np.mean(scores))

@@ -6,14 +6,54 @@
     metrics["methods"]["base"]["pass_at_k"]    # {"k": [...], "value": [...], "low": [...], "high": [...]}
     metrics["paired"][0]                       # low_temp - base: difference, interval, test, p-value
 
-Per method instance: accuracy, pass@k for every k up to the smallest samples-per-problem,
-majority vote, base-model scores (from RUN_DIR/scores/<name>.jsonl, see analysis.scoring),
-diversity and cost (the sum of the records' wall-time shares, and the elapsed sampling time
-of the sessions in <name>.sessions.jsonl). Then every pair of methods on the problems both
-have. Each number carries the counts it was computed from, and `per_problem` holds
-(n, correct) for every problem and method, so a reader can recompute any accuracy by hand
-from the records. `files` names each record file (sha256, lines, config, environments);
-`environment` is the analysis's own (common.provenance.environment()).
+Per method instance: accuracy, pass@k up to the method's own samples-per-problem (the
+smallest over its problems; every k up to 16, then powers of two and 1.5 times them, then n:
+stats.k_grid), majority vote, base-model scores (from RUN_DIR/scores/<name>.jsonl, see
+analysis.scoring), diversity (over the first settings.diversity_samples_per_problem samples:
+the run's smallest n of at least 2, at most DIVERSITY_MAX_SAMPLES) and cost (the sum of the
+records' wall-time shares, and the elapsed sampling time of the sessions in
+<name>.sessions.jsonl). Then every pair of methods
+on the problems both have. Each number carries the counts it was computed from, and
+`per_problem` holds (n, correct) for every problem and method, so a reader can recompute any
+accuracy by hand from the records. `files` names each record file (sha256, lines, config,
+environments); `environment` is the analysis's own (common.provenance.environment()).
+
+Large-k entries (an "entry" is {"value", "low", "high", ...} with a percentile bootstrap
+interval over problems, like accuracy; the modules named hold the full definitions):
+
+- methods[name]["coverage"]: pass@N on the problems every method has, N the smallest
+  samples-per-problem among all methods there; also "k" (= N) and "problems"
+  (analysis.large_k). None, with a warning, when no problem is shared by all.
+- methods[name]["entropy"] = {"token": entry | None, "token_note": str, "answer": entry | None}.
+  token: Monte-Carlo entropy rate of the method's own samples, per problem
+  sum(-log q) / sum(tokens) in nats per generated token, q the distribution each token was
+  drawn from; available where the records hold log q (kinds base and grpo at temperature 1
+  without top-k/top-p, or any record with `sampling_logprobs`), else None and token_note
+  says why. answer: per problem the Shannon entropy (nats) of the extracted answers of the
+  first settings.entropy_samples_per_problem samples ("no answer" counted as one answer),
+  averaged over problems (analysis.entropy).
+- methods[name]["support"] = {"retention": entry | None, "new_correct_answers": entry, "samples", "problems"}
+  against the reference base on the shared problems, first m samples of each (m the smaller
+  count): retention, over problems where base has a correct answer, of the fraction of base's
+  distinct correct answers the method also gives; new_correct_answers, the mean number per
+  problem of distinct correct answers base did not give (plus "total"). None for the reference
+  base itself (its retention is 1 by definition) and without extracted answers.
+- crossover: one entry per method other than the reference base, vs base on their shared
+  problems up to the smaller n: the first k with base pass@k >= the method's after being
+  below it. value/low/high: a k, 0 (base never below) or None (none up to max_k); status,
+  low_status, high_status name the case; draws_none / draws_never_below / draws_crossover
+  the share of resamples of each case (analysis.large_k).
+- boundary: one entry per pair (a, b) on their shared problems at k = the smaller n: expected
+  problems solved only by a, only by b, by both, by neither and net = only_b - only_a, each
+  an entry of counts (analysis.boundary).
+- equal_compute: one row per (method, reference) with reference an instance of kind base or
+  low_temp: k = C_method / C_reference (mean forward tokens per completion on the shared
+  problems), the method's accuracy, the reference's majority vote and pass@k at that k,
+  difference = accuracy - majority vote and beats_voting yes / no / inconclusive; "status"
+  says "ok" or why numbers are missing (k > n, no forward tokens). A method with a training
+  cost gets a second row with training forward tokens / its problems added to its cost
+  (training: true) (analysis.equal_compute).
+- reference_base: the instance crossover and support compare against (None without one).
 """
 
 from __future__ import annotations
@@ -26,10 +66,16 @@ import numpy as np
 from common.provenance import environment, library_differences
 
 from . import diversity as div
+from .boundary import boundary
+from .entropy import answer_entropy, support, token_entropy
+from .equal_compute import SUBSETS, equal_compute_rows
+from .large_k import coverage, crossover
+from .outcomes import Outcomes, reference_base
 from .runs import MethodRecords, Run
-from .stats import holm, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
+from .stats import holm, k_grid, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
 
 SCORE_NAMES = ("logprob_mean", "logprob_sum", "confidence", "self_certainty")
+DIVERSITY_MAX_SAMPLES = 64  # diversity uses the first min(smallest n, 64) samples of each problem
 COST_FIELDS = ("sampled_tokens", "forward_tokens", "wall_seconds", "proposals", "accepted", "rollout_tokens",
                "resamples")
 
@@ -48,24 +94,22 @@ def _interval(values, confidence, n_resamples, seed) -> dict:
 
 def _base_scores(method: MethodRecords, groups: dict[str, list[dict]], confidence, n_resamples, seed) -> dict | None:
     """Mean (interval over problems), median and spread of each base-model score."""
-    records = [r for g in groups.values() for r in g]
-    scored = [r for r in records if method.score_of(r) is not None]
+    # Each record's scores looked up once: (record, scores) per problem, scored records only.
+    per_group = [[(r, s) for r in g if (s := method.score_of(r)) is not None] for g in groups.values()]
+    scored = [pair for group in per_group for pair in group]
     if not scored:
         return None
-    out = {"model": sorted({str(method.score_of(r).get("model")) for r in scored}), "scored": len(scored),
-           "unscored": len(records) - len(scored)}
+    total = sum(len(g) for g in groups.values())
+    out = {"model": sorted({str(s.get("model")) for _, s in scored}), "scored": len(scored),
+           "unscored": total - len(scored)}
     for name in SCORE_NAMES:
-        def value(r):
-            scores = method.score_of(r)
-            return scores.get(name) if scores is not None else None
-
         per_problem = []
-        for group in groups.values():
-            values = [value(r) for r in group if value(r) is not None]
+        for group in per_group:
+            values = [s[name] for _, s in group if s.get(name) is not None]
             per_problem.append(float(np.mean(values)) if values else None)
-        values = np.array([value(r) for r in scored if value(r) is not None], dtype=float)
-        split = {flag: [value(r) for r in scored if value(r) is not None and bool(r["correct"]) is flag]
-                 for flag in (True, False)}
+        pairs = [(s[name], bool(r["correct"])) for r, s in scored if s.get(name) is not None]
+        values = np.array([v for v, _ in pairs], dtype=float)
+        split = {flag: [v for v, ok in pairs if ok is flag] for flag in (True, False)}
         out[name] = {**_interval(per_problem, confidence, n_resamples, seed),
                      "median": float(np.median(values)) if values.size else None,
                      "std": float(values.std()) if values.size else None, "samples": int(values.size),
@@ -73,8 +117,8 @@ def _base_scores(method: MethodRecords, groups: dict[str, list[dict]], confidenc
                      "mean_incorrect": float(np.mean(split[False])) if split[False] else None}
     # Log-probs recorded while sampling come from the sampling model at temperature 1; for a
     # method sampled from the base model they must match this forward pass up to rounding.
-    diffs = [abs(float(r["base_logprob_mean"]) - float(method.score_of(r)["logprob_mean"])) for r in scored
-             if r.get("base_logprob_mean") is not None and method.score_of(r).get("logprob_mean") is not None]
+    diffs = [abs(float(r["base_logprob_mean"]) - float(s["logprob_mean"])) for r, s in scored
+             if r.get("base_logprob_mean") is not None and s.get("logprob_mean") is not None]
     out["sampler_logprob_mean_abs_diff"] = float(np.mean(diffs)) if diffs else None
     return out
 
@@ -133,8 +177,12 @@ def _cost(records: list[dict], sessions: list[dict], training: dict | None) -> d
     """
     with_cost = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
     out = {"records_with_cost": len(with_cost), "records": len(records)}
-    for name in COST_FIELDS:
-        values = [float(c[name]) for c in with_cost if c.get(name) is not None]
+    found: dict[str, list[float]] = {name: [] for name in COST_FIELDS}
+    for c in with_cost:  # one pass: a run may hold millions of records
+        for name, value in c.items():
+            if value is not None and name in found:
+                found[name].append(float(value))
+    for name, values in found.items():
         if values:
             out[name] = {"total": float(np.sum(values)), "per_sample": float(np.mean(values)), "samples": len(values)}
     if "proposals" in out and "accepted" in out and out["proposals"]["total"] > 0:
@@ -164,25 +212,34 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
     n_max = {name: max(len(g) for g in groups.values()) for name, groups in groups_by_method.items()}
     largest_n = max(n_max.values())
     multi = [n for n in n_min.values() if n >= 2]
-    diversity_n = min(multi) if multi else None
+    entropy_n = min(multi) if multi else None
+    # Self-BLEU and embedding distances cost O(m^2) per problem: 1024 samples x 500 problems would take
+    # minutes, and the measures settle long before that.
+    diversity_n = min(entropy_n, DIVERSITY_MAX_SAMPLES) if entropy_n else None
     problem_sets = {name: set(groups) for name, groups in groups_by_method.items()}
     if len({frozenset(s) for s in problem_sets.values()}) > 1:
         counts = ", ".join(f"{name} {len(s)}" for name, s in problem_sets.items())
         warnings.append(f"methods cover different problems ({counts}): each method's own table uses all its "
                         f"problems; paired comparisons use the problems both methods have")
 
+    outcomes = {name: Outcomes.from_groups(name, run.methods[name].kind, groups)
+                for name, groups in groups_by_method.items()}
+    base_name = reference_base(outcomes)
+    if base_name is None:
+        warnings.append("no method of kind base: crossover and support retention are not computed")
+    interval = dict(confidence=confidence, n_resamples=n_resamples, seed=seed)
     methods = {}
     for name, groups in groups_by_method.items():
         records = run.methods[name].records
-        n = [len(g) for g in groups.values()]
-        c = [sum(bool(r["correct"]) for r in g) for g in groups.values()]
+        n, c = outcomes[name].n.tolist(), outcomes[name].c.tolist()
         if n_min[name] != n_max[name]:
             warnings.append(f"{name}: problems have {n_min[name]} to {n_max[name]} samples (an unfinished run?): "
                             f"pass@k is reported for k <= {n_min[name]} only")
         elif n_min[name] < largest_n:
             warnings.append(f"{name} has {n_min[name]} sample(s) per problem: pass@k is reported for "
                             f"k <= {n_min[name]} only")
-        ks = list(range(1, n_min[name] + 1))
+        # The grid, plus every other method's n below this one's: the report's columns at those k are exact.
+        ks = sorted(set(k_grid(n_min[name])) | {k for k in n_min.values() if k <= n_min[name]})
         curve = pass_at_k_curve(n, c, ks, confidence, n_resamples, seed)
         answers_given = sum(r.get("extracted_answer") is not None for r in records)
         majority = None
@@ -204,6 +261,10 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
         if cost["records_with_cost"] < len(records):
             warnings.append(f"{name}: {len(records) - cost['records_with_cost']} record(s) carry no cost; "
                             f"costs sum the others")
+        token, token_note = token_entropy(run.methods[name].kind, run.methods[name].settings, groups, **interval)
+        entropy = {"token": token, "token_note": token_note,
+                   "answer": answer_entropy(outcomes[name], entropy_n, **interval)}
+        kept = None if base_name in (None, name) else support(outcomes[base_name], outcomes[name], **interval)
         methods[name] = {
             "kind": run.methods[name].kind,  # the registered method that made the records
             "problems": len(groups), "samples": len(records),
@@ -217,7 +278,14 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             "diversity": diversity,
             "extractions": extractions,
             "cost": cost,
+            "entropy": entropy,
+            "support": kept,
         }
+    covered, why_not = coverage(outcomes, **interval)
+    if why_not:
+        warnings.append(why_not)
+    for name in methods:
+        methods[name]["coverage"] = covered.get(name)
 
     paired = []
     for a, b in itertools.combinations(groups_by_method, 2):
@@ -228,14 +296,18 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
             warnings.append(f"{a} and {b} share no problem: they are not compared")
             paired.append({**entry, "problems": 0})
             continue
-        rate = lambda g: np.mean([bool(r["correct"]) for r in g])  # noqa: E731
-        solved = lambda g: any(bool(r["correct"]) for r in g)  # noqa: E731
-        binary = all(len(ga[p]) == 1 and len(gb[p]) == 1 for p in shared)
-        entry.update(paired_comparison([rate(ga[p]) for p in shared], [rate(gb[p]) for p in shared],
-                                       binary=binary, any_a=[solved(ga[p]) for p in shared],
-                                       any_b=[solved(gb[p]) for p in shared], confidence=confidence,
-                                       n_resamples=n_resamples, seed=seed))
+        oa, ob = outcomes[a], outcomes[b]
+        ia, ib = oa.rows(shared), ob.rows(shared)
+        binary = bool(np.all(oa.n[ia] == 1) and np.all(ob.n[ib] == 1))
+        entry.update(paired_comparison(oa.rates[ia], ob.rates[ib], binary=binary, any_a=oa.c[ia] > 0,
+                                       any_b=ob.c[ib] > 0, confidence=confidence, n_resamples=n_resamples,
+                                       seed=seed))
         paired.append(entry)
+    boundaries = [boundary(outcomes[a], outcomes[b], **interval) for a, b in itertools.combinations(outcomes, 2)]
+    crossovers = [crossover(outcomes[base_name], o, **interval) for name, o in outcomes.items()
+                  if base_name is not None and name != base_name]
+    compute_rows = equal_compute_rows(outcomes, {n: m["cost"].get("training") for n, m in methods.items()},
+                                      **interval)
     tested = [e for e in paired if "p_value" in e]
     for entry, adjusted in zip(tested, holm([e["p_value"] for e in tested])):
         entry["p_holm"] = adjusted
@@ -253,13 +325,15 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
                        "model_revision": config.get("model_revision"), "environment": config.get("environment"),
                        "sessions": m.sessions}
     warnings += environment_warnings(run, here)
-    per_problem = {name: {pid: [len(g), int(sum(bool(r["correct"]) for r in g))] for pid, g in groups.items()}
-                   for name, groups in groups_by_method.items()}
+    per_problem = {name: {pid: [n, c] for pid, n, c in zip(o.pids, o.n.tolist(), o.c.tolist())}
+                   for name, o in outcomes.items()}
     return {"environment": here,
             "settings": {"confidence": confidence, "bootstrap_resamples": n_resamples, "seed": seed,
-                         "diversity_samples_per_problem": diversity_n},
+                         "diversity_samples_per_problem": diversity_n, "entropy_samples_per_problem": entropy_n,
+                         "majority_subsets": SUBSETS},
             "warnings": warnings, "files": files, "methods": methods, "paired": paired,
-            "per_problem": per_problem}
+            "reference_base": base_name, "crossover": crossovers, "boundary": boundaries,
+            "equal_compute": compute_rows, "per_problem": per_problem}
 
 
 def method_environments(method: MethodRecords) -> list[dict]:

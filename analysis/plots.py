@@ -2,7 +2,7 @@
 
     paths = make_plots(run, metrics, "runs/demo/plots")   # {"pass_at_k": Path(...), ...}
 
-pass_at_k.png             pass@k against k, one line and interval band per method
+pass_at_k.png             pass@k against k (log axis), one line and interval band per method, each up to its own n
 accuracy_vs_compute.png   pass@k against forward tokens spent per problem on k samples
 frontier.png              accuracy against forward tokens and wall seconds per completion: every instance a
                           point, the instances of one method joined into its curve
@@ -10,6 +10,8 @@ base_logprob_mean.png     histogram of per-token base log-likelihood, per method
 base_confidence.png       histogram of confidence (negative entropy) under the base model
 base_self_certainty.png   histogram of self-certainty under the base model
 diversity.png             distinct-n, self-BLEU, distinct answers, embedding distance per method
+boundary.png              solved-set matrix: problems the row method solves and the column method does not,
+                          at the pair's largest shared k (analysis.boundary)
 
 Every method instance of the run gets its own colour (tab10, in table order) and, past ten
 instances, its own line style; with more than four the legend moves beside the axes.
@@ -77,11 +79,13 @@ def plot_pass_at_k(metrics: dict, path: Path) -> Path:
     colors, styles = method_colors(methods), method_styles(methods)
     fig, ax = plt.subplots(figsize=(_width(len(methods)), 4))
     largest = 1
+    uneven = len({m["problems"] for m in methods.values()}) > 1  # then say which problems each curve is over
     for name, m in methods.items():
         curve = m["pass_at_k"]
         largest = max(largest, max(curve["k"]))
+        label = f"{name} (n={max(curve['k'])}" + (f", {m['problems']} problems)" if uneven else ")")
         ax.plot(curve["k"], curve["value"], marker="o", ms=3, color=colors[name], linestyle=styles[name],
-                label=f"{name} (n={max(curve['k'])})")
+                label=label)
         ax.fill_between(curve["k"], curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
     if largest >= 4:
         ax.set_xscale("log", base=2)
@@ -162,8 +166,39 @@ def plot_frontier(metrics: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (pass@1)")
     axes[0].set_ylim(-0.02, 1.02)
-    axes[1].legend(fontsize=8, loc="best")
+    if axes[1].get_legend_handles_labels()[0]:  # no wall seconds recorded: nothing drawn there
+        axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("one frontier: every method instance at its cost (training cost not included)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_boundary(metrics: dict, path: Path) -> Path | None:
+    """Solved-set matrix: cell (row A, column B) = expected problems A solves and B does not, at the pair's k."""
+    from .boundary import only_matrix
+
+    entries = [e for e in metrics.get("boundary") or [] if "k" in e]
+    if not entries:
+        return None
+    names = list(metrics["methods"])
+    matrix = only_matrix(entries, names)
+    ks = np.full_like(matrix, np.nan)
+    for e in entries:
+        i, j = names.index(e["a"]), names.index(e["b"])
+        ks[i, j] = ks[j, i] = e["k"]
+    size = 1.0 + 0.75 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="Reds", vmin=0)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.1f}\nk={int(ks[i, j])}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("... and not solved by this method")
+    ax.set_ylabel("solved by this method ...")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="problems (expected count)")
+    ax.set_title("reasoning boundary: problems only the row method solves\n(shared problems, k = smaller n of the "
+                 "pair)", fontsize=9)
     return _save(fig, path)
 
 
@@ -276,9 +311,13 @@ def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     frontier = plot_frontier(metrics, out_dir / "frontier.png")
     if frontier is not None:
         paths["frontier"] = frontier
+    boundary = plot_boundary(metrics, out_dir / "boundary.png")
+    if boundary is not None:
+        paths["boundary"] = boundary
     for name, curve in (metrics.get("training") or {}).items():
         paths[f"training_{name}"] = plot_training(curve, name, out_dir / f"training_{name}.png")
-    stems = ["pass_at_k", "accuracy_vs_compute", "diversity", "frontier"] + [stem for stem, _ in HISTOGRAMS.values()]
+    stems = ["pass_at_k", "accuracy_vs_compute", "diversity", "frontier", "boundary"]
+    stems += [stem for stem, _ in HISTOGRAMS.values()]
     stems += [p.stem for p in out_dir.glob("training_*.png")]
     for stem in stems:  # a figure this run cannot draw must not survive from an earlier analysis
         if stem not in paths:

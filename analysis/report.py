@@ -3,6 +3,9 @@
     text = render_report(metrics, plot_paths, run_dir)
     common.files.write_text_atomic(run_dir / "report.md", text)
 
+Beside accuracy and pass@k (each method up to its own n; n<k where it has fewer samples) come
+coverage and the crossover k, the reasoning boundary of each pair, accuracy at equal compute
+and entropy / support (analysis.large_k, .boundary, .equal_compute, .entropy define them).
 Every table says which records it counts; the "Records used" table names each file,
 its line count and its sha256, the "Provenance" section the code, library and grader
 versions the records and this analysis ran under, and the closing per-problem table gives
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-PASS_K_COLUMNS = 6  # pass@k columns in the table (powers of two, then the largest k); the plot has all
+PASS_K_COLUMNS = 6  # pass@k columns in the table (each method's n, then powers of two); the plot has all
 
 
 def _f(x, digits: int = 3) -> str:
@@ -64,10 +67,28 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _shown_ks(metrics: dict) -> list[int]:
-    largest = max(max(m["pass_at_k"]["k"]) for m in metrics["methods"].values())
-    ks = [k for k in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if k < largest]
-    ks = ks[:PASS_K_COLUMNS - 1] + ([largest] if largest > 1 else [])
-    return ks
+    """pass@k columns: every method's own n, and powers of two below the largest (every other one when
+    there would be more than PASS_K_COLUMNS columns).
+
+    >>> _shown_ks({"methods": {"a": {"pass_at_k": {"k": [1, 2, 4]}}, "b": {"pass_at_k": {"k": [1, 2]}}}})
+    [2, 4]
+    >>> _shown_ks({"methods": {"a": {"pass_at_k": {"k": [1, 256]}}, "b": {"pass_at_k": {"k": [1, 8, 16]}}}})
+    [4, 16, 64, 256]
+    """
+    own = {max(m["pass_at_k"]["k"]) for m in metrics["methods"].values()} - {1}
+    largest = max(own, default=1)
+    powers = [2 ** j for j in range(1, 21) if 2 ** j < largest]
+    while len(set(powers) | own) > PASS_K_COLUMNS and len(powers) > 1:
+        powers = powers[1::2]  # 2, 4, 8, 16, ... -> 4, 16, ...
+    return sorted(set(powers) | own)
+
+
+def _pass_cell(curve: dict, k: int) -> str:
+    """pass@k of one method at k; n<k where the method has fewer samples (never extrapolated)."""
+    if k in curve["k"]:
+        i = curve["k"].index(k)
+        return _ci({"value": curve["value"][i], "low": curve["low"][i], "high": curve["high"][i]})
+    return "n<k" if k > max(curve["k"]) else "—"
 
 
 def _image(plots: dict, key: str, alt: str, run_dir: Path) -> str:
@@ -119,24 +140,19 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
             "Accuracy is the mean over problems of each problem's fraction of correct samples (pass@1; a sample "
             "is correct when its record says `correct`, i.e. the task's grader gave it a full score of 1). "
             "pass@k uses the unbiased estimator 1 − C(n−c, k)/C(n, k) on each problem's n samples (c correct), "
-            "only for k ≤ n; — marks k beyond a method's samples. Majority vote scores the most common "
+            "only for k ≤ n; *n<k* marks k beyond a method's samples (never extrapolated). Each method's curve "
+            "goes up to its own n (the plot's x axis is logarithmic). Majority vote scores the most common "
             "extracted answer of each problem (ties split evenly; a problem without any answer counts as wrong; "
             "— when a method's records carry no extracted answer).", ""]
     rows = []
     for name, m in methods.items():
         curve = m["pass_at_k"]
-        cells = []
-        for k in ks:
-            if k in curve["k"]:
-                i = curve["k"].index(k)
-                cells.append(_ci({"value": curve["value"][i], "low": curve["low"][i], "high": curve["high"][i]}))
-            else:
-                cells.append("—")
         rows.append([name, m["problems"], f"{m['correct']} / {m['samples']}", _ci(m["accuracy"]),
-                     _ci(m["majority_vote"])] + cells)
+                     _ci(m["majority_vote"])] + [_pass_cell(curve, k) for k in ks])
     out.append(_table(["method", "problems", "correct / samples", "accuracy", "majority vote"]
                       + [f"pass@{k}" for k in ks], rows))
     out.append(_image(plots, "pass_at_k", "pass@k", run_dir))
+    out += _large_k(metrics)
 
     extraction_rows = []
     for name, m in methods.items():
@@ -200,6 +216,8 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
         out.append(_table(["B − A", "problems", "difference", "test", "p", "p (Holm)", "B > A / A > B / tie",
                            "only A solves", "only B solves"], rows))
 
+    out += _boundary(metrics, plots, run_dir)
+
     scored = {n: m["base_scores"] for n, m in methods.items() if m.get("base_scores")}
     out += ["", "## Likelihood and confidence under the base model", ""]
     if not scored:
@@ -232,7 +250,8 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     else:
         used = metrics["settings"]["diversity_samples_per_problem"]
         out.append(f"Across the first {used} samples of each problem (the same number for every method, so the "
-                   f"measures compare), averaged over problems. distinct-n: distinct token n-grams / all n-grams "
+                   f"measures compare; at most 64, as self-BLEU and embedding distances grow quadratically), "
+                   f"averaged over problems. distinct-n: distinct token n-grams / all n-grams "
                    f"(higher = more diverse); self-BLEU: BLEU of each sample against the others, in [0, 1] "
                    f"(lower = more diverse); distinct answers: number of different extracted answers; embedding "
                    f"distance: mean pairwise cosine distance of all-MiniLM-L6-v2 embeddings, Vendi: their Vendi "
@@ -246,6 +265,7 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
         if skipped:
             out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
         out.append(_image(plots, "diversity", "diversity", run_dir))
+    out += _entropy_support(metrics)
 
     sessions_any = any(m["cost"].get("sessions") for m in methods.values())
     out += ["## Compute", "",
@@ -291,6 +311,7 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     out.append(_table(header, rows))
     out.append(_image(plots, "accuracy_vs_compute", "accuracy against compute", run_dir))
     out += _frontier(metrics, plots, run_dir)
+    out += _equal_compute(metrics)
 
     out += _provenance(metrics)
 
@@ -322,6 +343,147 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
     text = "\n".join(out)
     text = re.sub(r"([^\n])\n(#+ )", r"\1\n\n\2", text)  # a blank line before every heading
     return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def _crossover_cell(e: dict | None) -> str:
+    """`12 [4, none]`: the crossover k and its interval; 'none' is no crossover up to n, '≤1' base never below.
+
+    >>> _crossover_cell({"status": "crossover", "value": 12, "low": 0, "high": None, "max_k": 64})
+    '12 [≤1, none]'
+    >>> _crossover_cell({"status": "none up to n", "value": None, "low": 40, "high": None, "max_k": 64})
+    'none up to 64 [40, none]'
+    """
+    if not e or e.get("status") == "no shared problem":
+        return "—"
+    word = lambda v: "none" if v is None else ("≤1" if v == 0 else str(v))  # noqa: E731
+    point = {"crossover": str(e["value"]), "base never below": "base never below",
+             "none up to n": f"none up to {e['max_k']}"}[e["status"]]
+    return f"{point} [{word(e['low'])}, {word(e['high'])}]"
+
+
+def _large_k(metrics: dict) -> list[str]:
+    """Coverage at the largest shared n and the k at which base overtakes each method."""
+    methods = metrics["methods"]
+    covered = {n: m.get("coverage") for n, m in methods.items() if m.get("coverage")}
+    crossings = {e["b"]: e for e in metrics.get("crossover") or []}
+    if not covered and not crossings:
+        return []
+    base = metrics.get("reference_base")
+    first = next(iter(covered.values()), None)
+    out = ["", "### Coverage and crossover", ""]
+    if first:
+        out.append(f"*Coverage* is pass@{first['k']} on the {first['problems']} problems every method has, "
+                   f"{first['k']} being the smallest samples-per-problem among them, so every method is measured "
+                   f"at the same k on the same problems.")
+    if crossings:
+        out.append(f"*Crossover* is the first k at which `{base}`'s pass@k reaches the method's (≥) after being "
+                   f"below it, on the problems both have, searched up to the smaller n of the two (every k up to "
+                   f"128, then 16 points per doubling). Its interval is the percentile interval of the crossover "
+                   f"over problem resamples, where a resample may cross nowhere up to n (*none*, ordered above "
+                   f"every k) or have `{base}` never below (*≤1*); the last column gives the share of each.")
+    out.append("")
+    rows = []
+    for name, m in methods.items():
+        e = crossings.get(name)
+        shares = (f"{e['draws_none']:.0%} / {e['draws_never_below']:.0%}" if e and "draws_none" in e else "—")
+        rows.append([name, m["samples_per_problem"]["min"], _ci(covered.get(name)),
+                     "reference" if name == base else _crossover_cell(e), shares])
+    k = f"@{first['k']}" if first else ""
+    out.append(_table(["method", "n", f"coverage (pass{k})", f"crossover k ({base} ≥ method)",
+                       "resamples: none / never below"], rows))
+    return out
+
+
+def _count(entry: dict) -> str:
+    return _ci(entry, 1)
+
+
+def _boundary(metrics: dict, plots: dict, run_dir) -> list[str]:
+    """Problems solved by only one side of each pair at the largest k both have."""
+    entries = metrics.get("boundary") or []
+    if not entries:
+        return []
+    out = ["## Reasoning boundary", "",
+           "For each pair (A, B), on the problems both have, at k = the smaller samples-per-problem of the two: "
+           "the expected number of problems solved only by A, only by B, by both and by neither. A problem counts "
+           "as solved by a method with probability pass@k (its unbiased estimate from all of that method's "
+           "samples), the two methods drawing independently; with exactly k samples each these are plain set "
+           "counts of *some sample correct*. Intervals resample problems.", ""]
+    rows = []
+    for e in entries:
+        if "k" not in e:
+            rows.append([e["a"], e["b"], "—", 0, "no shared problem", "—", "—", "—", "—"])
+            continue
+        rows.append([e["a"], e["b"], e["k"], e["problems"], _count(e["only_a"]), _count(e["only_b"]),
+                     _count(e["both"]), _count(e["neither"]), _count(e["net"])])
+    out.append(_table(["A", "B", "k", "problems", "only A", "only B", "both", "neither", "only B − only A"], rows))
+    out.append(_image(plots, "boundary", "problems solved by one method and not the other", run_dir))
+    return out
+
+
+def _equal_compute(metrics: dict) -> list[str]:
+    """Each sampler against majority voting over base / low_temp samples that cost the same forward tokens."""
+    rows_in = metrics.get("equal_compute") or []
+    if not rows_in:
+        return []
+    out = ["", "### Accuracy at equal compute", "",
+           "Each method against majority voting over samples of a cheap reference (base, low_temp) that spend the "
+           "same forward tokens: k = C_method / C_reference, the mean forward tokens per completion of each on "
+           "the problems both have, linearly interpolated between the integers around it (k < 1 is shown at "
+           "k = 1; k beyond the reference's samples is marked, not extrapolated). Majority vote at k is the "
+           "expected vote of a random k-subset of the reference's samples "
+           f"({metrics['settings'].get('majority_subsets')} seeded subsets per problem; exact at k = n); pass@k (oracle, needs a verifier) is shown beside it. "
+           "*Beats voting*: yes when the paired interval of method − majority vote lies above 0, no when below, "
+           "else inconclusive. A *+ training* row adds the method's training compute spread over its evaluation "
+           "problems (forward tokens of rollout generation and of the loss's forward passes, from "
+           "`<name>/cost.json`; backward passes left out, so a lower bound) to its cost per completion.", ""]
+    rows = []
+    for r in rows_in:
+        name = r["method"] + (" + training" if r.get("training") else "")
+        cost = "—"
+        if r.get("forward_per_completion") is not None:
+            cost = f"{_f(r['forward_per_completion'], 1)} / {_f(r['reference_forward_per_completion'], 1)}"
+        note = "" if r["status"] == "ok" else r["status"]
+        if r.get("training_note"):
+            note = "; ".join(x for x in (note, r["training_note"]) if x)
+        rows.append([name, r["reference"], r["problems"], cost, _f(r.get("k"), 2), _ci(r.get("accuracy")),
+                     _ci(r.get("majority_vote")), _ci(r.get("pass_at_k")), _ci(r.get("difference")),
+                     r.get("beats_voting") or "—", note or "—"])
+    out.append(_table(["method", "reference", "problems", "forward tokens / completion (method / reference)", "k",
+                       "method accuracy", "reference majority vote at k", "reference pass@k", "method − majority",
+                       "beats voting", "note"], rows))
+    return out
+
+
+def _entropy_support(metrics: dict) -> list[str]:
+    """Token and answer entropy of each method's own samples, and support retention against base."""
+    methods = metrics["methods"]
+    if not any(m.get("entropy") or m.get("support") for m in methods.values()):
+        return []
+    base = metrics.get("reference_base")
+    used = metrics["settings"].get("entropy_samples_per_problem")
+    out = ["", "### Entropy and support", "",
+           "*Token entropy*: nats per generated token of the method's own sampling distribution along its own "
+           "completions, estimated per problem as Σ −log q(token | prefix) / Σ tokens (q the distribution each "
+           "token was drawn from), averaged over problems; available only where the records hold log q (see the "
+           f"last column). *Answer entropy*: Shannon entropy (nats) of the extracted answers over the first {used} "
+           "samples of each problem (the same count for every method: the plug-in estimate grows with it), "
+           f"*no answer* counted as one answer. *Support* against `{base}`, on shared problems and the first m "
+           "samples of each side (m the smaller count): *retention* is the fraction of base's distinct correct "
+           "answers that the method also produced (over problems where base produced one), *new correct* the "
+           "distinct correct answers per problem that base did not produce (total in brackets).", ""]
+    rows = []
+    for name, m in methods.items():
+        ent, sup = m.get("entropy") or {}, m.get("support")
+        retention = "reference" if name == base else (_ci(sup.get("retention")) if sup else "—")
+        new = "—"
+        if sup and sup.get("new_correct_answers"):
+            new = f"{_ci(sup['new_correct_answers'], 2)} ({sup['new_correct_answers']['total']})"
+        rows.append([name, _ci(ent.get("token")), _ci(ent.get("answer")), retention, new,
+                     str(sup["samples"]) if sup else "—", ent.get("token_note") or "—"])
+    out.append(_table(["method", "token entropy", f"answer entropy (first {used})", "support retention",
+                       "new correct answers / problem", "m", "token entropy from"], rows))
+    return out
 
 
 def _code(env: dict | None) -> str:

@@ -30,7 +30,7 @@ from common.tracking import WandbConfig
 from experiments.cli import main
 
 PLOTS = ("pass_at_k", "accuracy_vs_compute", "base_logprob_mean", "base_confidence", "base_self_certainty",
-         "diversity")
+         "diversity", "boundary")
 NAMES = ("base", "low_temp", "power_mh_a2", "grpo")
 FAST = dict(embeddings="off", bootstrap=200)
 
@@ -201,6 +201,28 @@ def test_analyze_end_to_end_scores_beside_records_and_never_rewrites_them(sample
                                                             "optimizer_steps": 8}
     assert "optimizer steps" in report and "4096" in report
     assert metrics["analysis"]["scored_now"] == 80
+    # The large-k sections: every method on the same 5 problems x 4 samples.
+    for heading in ("### Coverage and crossover", "## Reasoning boundary", "### Accuracy at equal compute",
+                    "### Entropy and support"):
+        assert heading in report
+    assert all(saved["methods"][m]["coverage"]["k"] == 4 for m in NAMES)
+    assert [e["b"] for e in saved["crossover"]] == ["low_temp", "power_mh_a2", "grpo"]
+    assert len(saved["boundary"]) == 6 and all(e["k"] == 4 and e["problems"] == 5 for e in saved["boundary"])
+    # base samples at temperature 1: its token entropy is -sum(log p) / tokens per problem, from the records.
+    per_problem = {}
+    for r in records["base"]:
+        total = per_problem.setdefault(r["problem_id"], [0.0, 0])
+        total[0] -= r["base_logprob_sum"]
+        total[1] += len(r["completion_ids"])
+    token = saved["methods"]["base"]["entropy"]["token"]
+    assert token["value"] == pytest.approx(np.mean([s / t for s, t in per_problem.values()]))
+    assert saved["methods"]["grpo"]["entropy"]["token"] is None  # these grpo records were sampled at 0.25
+    assert "temperature [0.25]" in saved["methods"]["grpo"]["entropy"]["token_note"]
+    assert saved["methods"]["base"]["support"] is None and saved["methods"]["grpo"]["support"]["samples"] == 4
+    # grpo's cost.json has rollout tokens only: its training row says so.
+    trained = [r for r in saved["equal_compute"] if r["method"] == "grpo" and r["training"]]
+    assert trained and all("rollout tokens only" in r["training_note"] for r in trained)
+    assert "grpo + training" in report
 
     # A second analysis reuses the stored scores: no model is loaded, no file changes.
     stored = {m: (run_dir / "scores" / f"{m}.jsonl").read_bytes() for m in NAMES}
@@ -230,7 +252,8 @@ def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, tmp_path, capsy
     assert "base: accuracy" in out and "power_mh_a2: accuracy" in out and "report.md" in out
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["settings"] == {"confidence": 0.9, "bootstrap_resamples": 200, "seed": 3,
-                                 "diversity_samples_per_problem": 4}
+                                 "diversity_samples_per_problem": 4, "entropy_samples_per_problem": 4,
+                                 "majority_subsets": 64}
     assert saved["analysis"]["config"]["batch_tokens"] == 64
     assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--rescore"]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["analysis"]["scored_now"] == 80
@@ -567,7 +590,7 @@ def test_few_samples_unshared_problems_torn_lines_parts_and_no_answers(tmp_path)
     assert any("power_mh has 2 sample(s) per problem: pass@k is reported for k <= 2 only" in w
                for w in metrics["warnings"])
     power_row = next(line for line in report.splitlines() if line.startswith("| power_mh | 6 |"))
-    assert power_row.rstrip(" |").endswith("—")  # no pass@4 for a method with 2 samples
+    assert power_row.rstrip(" |").endswith("n<k")  # no pass@4 for a method with 2 samples: marked, not extrapolated
     assert any("torn" in w for w in metrics["warnings"]) and metrics["methods"]["base"]["samples"] == 24
     assert any("different problems" in w for w in metrics["warnings"])
     (pair,) = metrics["paired"]

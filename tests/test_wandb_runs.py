@@ -141,10 +141,16 @@ def test_one_run_per_method_with_the_same_summary_keys_and_its_settings_as_confi
     assert methods["low_temp"]["config"]["temperature"] == 0.25 and "alpha" not in methods["base"]["config"]
 
     # Every method run has the same summary keys: only pass@k beyond a method's samples per
-    # problem, and GRPO's training cost, are missing or added.
+    # problem, GRPO's training cost, and what does not apply (support against base, for base itself;
+    # token entropy where the records hold no log-probs of the sampled distribution) are missing or added.
+    not_everywhere = ("cost/training_", "support/", "entropy/token")
+
     def comparable(r):
         n = saved["methods"][r["config"]["instance"]]["samples_per_problem"]["min"]
-        return {k for k in r["summary"] if not k.startswith("cost/training_")} | {f"pass@{k}" for k in range(n + 1, 5)}
+        return {k for k in r["summary"] if not k.startswith(not_everywhere)} | {f"pass@{k}" for k in range(n + 1, 5)}
+
+    assert "support/retention" in methods["low_temp"]["summary"] and "entropy/token" in methods["base"]["summary"]
+    assert "entropy/answer" in methods["power_mh_a2"]["summary"]
 
     keys = comparable(methods["base"])
     for name, r in methods.items():
