@@ -9,6 +9,11 @@
     stats.py      accuracy, pass@k (unbiased estimator) with bootstrap intervals, majority vote, paired tests
     diversity.py  distinct-n, self-BLEU, distinct answers, embedding diversity across a prompt's samples
     metrics.py    every number of the report, from the records and scores (metrics.json)
+    outcomes.py      one method's records as per-problem arrays (correct, answers, forward tokens)
+    large_k.py       coverage at the largest shared n; the k at which base overtakes a method
+    boundary.py      problems solved by only one side of a pair at the shared k (the reasoning boundary)
+    equal_compute.py majority vote / pass@k of base and low_temp at the k that costs what a sampler costs
+    entropy.py       token and answer entropy of each method's own samples; support retention vs base
     plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
     report.py     report.md
     wandb_log.py  one wandb run per method instance (same keys, settings as config) and the analysis run

@@ -108,7 +108,11 @@ def shared_problems(a: Outcomes, b: Outcomes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_base(outcomes: dict[str, Outcomes]) -> str | None:
-    """The instance the base comparisons use: the one named `base`, else the first of kind base, else None."""
-    if "base" in outcomes and outcomes["base"].kind == "base":
-        return "base"
-    return next((name for name, o in outcomes.items() if o.kind == "base"), None)
+    """The instance the base comparisons use: of kind base, the one with the most samples per problem
+    (large k is what the crossover and the boundary are about), the one named `base` among equals, else None."""
+    candidates = [(name, o) for name, o in outcomes.items() if o.kind == "base"]
+    if not candidates:
+        return None
+    def samples(o):
+        return int(np.min(o.n)) if len(o.n) else 0
+    return max(candidates, key=lambda item: (samples(item[1]), item[0] == "base"))[0]
