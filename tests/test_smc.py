@@ -201,7 +201,9 @@ def test_one_particle_is_plain_sampling_from_the_proposal(model):
     ours = smc_sample(model, [PROMPT] * 200, SMCConfig(alpha=2.0, num_particles=1, max_new_tokens=T), seeds=seeds)
     plain = sample(model, [PROMPT] * 200, temperature=0.5, max_new_tokens=T, seeds=seeds)
     assert finals(ours) == finals(plain)
-    assert [r.logprobs for r in ours] == [r.logprobs for r in plain]
+    # The same tokens exactly; log-probs to float32 rounding (the two batch their rows differently).
+    for a, b in zip(ours, plain):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     assert all(r.stats["resamples"] == 0 and r.stats["min_ess"] == 1.0 for r in ours)
 
 
