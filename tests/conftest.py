@@ -79,6 +79,6 @@ def testbed_dir():
     It lives in the sharpen cache ($SHARPEN_CACHE, default ~/.cache/sharpen); concurrent test
     sessions wait for one build instead of training twice. Load it with sampling.load_model(str(path)).
     """
-    from experiments.testbed import build_testbed
+    from sharpen.testbed import build_testbed
 
     return build_testbed(progress=False)

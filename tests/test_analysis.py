@@ -1,4 +1,4 @@
-"""Tests of analysis/: pass@k against enumeration, interval coverage, paired tests, diversity, base-model scores.
+"""Tests of sharpen/analysis/: pass@k against enumeration, interval coverage, paired tests, diversity, base-model scores.
 
     python -m pytest -q tests/test_analysis.py
 """
@@ -15,9 +15,9 @@ import sacrebleu
 import torch
 from scipy import stats as sstats
 
-from analysis import diversity as div
-from analysis.scoring import score_completions
-from analysis.stats import (accuracy_interval, holm, majority_vote_score, paired_comparison, pass_at_k,
+from sharpen.analysis import diversity as div
+from sharpen.analysis.scoring import score_completions
+from sharpen.analysis.stats import (accuracy_interval, holm, majority_vote_score, paired_comparison, pass_at_k,
                             pass_at_k_curve, pass_at_k_matrix)
 
 # ---------------------------------------------------------------------------------------------- pass@k
@@ -192,7 +192,7 @@ def _direct_scores(model, prompt, completion):
 
 
 def test_scores_match_a_direct_forward_pass(tiny_model):
-    from sampling import sample
+    from sharpen.sampling import sample
 
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 40, (int(n),), generator=gen).tolist() for n in (3, 9, 5, 1, 12, 6)]

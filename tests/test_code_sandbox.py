@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from common.errors import UsageError
-from experiments.tasks import get_task
-from experiments.tasks import sandbox
-from experiments.tasks.sandbox import bwrap_problem, decode, encode, run_tests
+from sharpen.errors import UsageError
+from sharpen.tasks import get_task
+from sharpen.tasks import sandbox
+from sharpen.tasks.sandbox import bwrap_problem, decode, encode, run_tests
 
 BWRAP_PROBLEM = bwrap_problem()
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None,

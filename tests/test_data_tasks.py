@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UsageError
-from experiments.cli import main
-from experiments.tasks import get_task
-from experiments.tasks.graders import get_grader
+from sharpen.errors import UsageError
+from sharpen.cli import main
+from sharpen.tasks import get_task
+from sharpen.tasks.graders import get_grader
 from conftest import char_tokenizer, tiny_llama
 from test_hardening import cli_error
 
@@ -303,7 +303,7 @@ def long_checkpoint(tmp_path):
 def test_sample_and_study_run_on_each_data_task(tmp_path, long_checkpoint, task, capsys):
     import yaml
 
-    from common.records import read_records
+    from sharpen.runs.records import read_records
 
     args = task_files(tmp_path)[task]
     out = tmp_path / "sample"
@@ -333,7 +333,7 @@ def test_sample_and_study_run_on_each_data_task(tmp_path, long_checkpoint, task,
 
 def test_a_study_trains_grpo_on_another_tasks_train_split(tmp_path):
     """grpo.task: evaluate on a test-only task (math500), train on math's train split, checked before work."""
-    from experiments.study_config import load_study_config
+    from sharpen.study.config import load_study_config
 
     files = task_files(tmp_path)
     math500 = tmp_path / "m500.json"
@@ -346,7 +346,7 @@ def test_a_study_trains_grpo_on_another_tasks_train_split(tmp_path):
     assert config.task_args["prompt"] == "reference_math" and config.grpo_chat is True
     chats = {i.name: (i.chat, i.settings.top_k) for i in config.instances}
     assert chats == {"base": (False, 50), "grpo": (True, 50)}
-    from experiments.study import preflight
+    from sharpen.study.pipeline import preflight
 
     # grpo.config: a `sharpen grpo --config` file under the section's own keys.
     (tmp_path / "c.yaml").write_text(json.dumps(base | {"grpo": {"task": "math", "config": "grpo_gpu",
@@ -360,7 +360,7 @@ def test_a_study_trains_grpo_on_another_tasks_train_split(tmp_path):
 
 def test_grpo_trains_on_the_testbed_through_a_file_task(tmp_path, testbed_dir):
     """The generic task's grader is GRPO's reward: on the testbed model (which solves about half) it flows."""
-    from rl_baselines import grade_reward
+    from sharpen.rl import grade_reward
 
     testbed = get_task("testbed")
     rows = [{"question": testbed.prompt_text(p), "answer": p["answer"]} for p in testbed.load(limit=16, split="train")]

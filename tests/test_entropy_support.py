@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.entropy import answer_entropy, shannon, support, token_entropy
-from analysis.metrics import compute_metrics
-from analysis.report import render_report
+from sharpen.analysis.entropy import answer_entropy, shannon, support, token_entropy
+from sharpen.analysis.metrics import compute_metrics
+from sharpen.analysis.report import render_report
 from test_equal_compute import make
 from test_large_k import make_run, records
 
@@ -63,8 +63,8 @@ def test_token_entropy_is_refused_without_log_q():
 def test_token_entropy_estimates_the_exact_entropy_of_a_real_model(tiny_model):
     """Samples at temperature 1 from a tiny Llama: the Monte-Carlo estimate against the exact entropies
     of its next-token distributions along the same completions (the scorer's -confidence)."""
-    from analysis.scoring import score_completions
-    from sampling import sample
+    from sharpen.analysis.scoring import score_completions
+    from sharpen.sampling import sample
 
     prompts = [[5, 6, 7], [8, 9]]
     with torch.no_grad():

@@ -10,11 +10,11 @@ import itertools
 import numpy as np
 import pytest
 
-from analysis.equal_compute import equal_compute_row, interpolate, majority_curve, training_forward_tokens
-from analysis.metrics import compute_metrics
-from analysis.outcomes import Outcomes
-from analysis.report import render_report
-from analysis.stats import majority_vote_score
+from sharpen.analysis.equal_compute import equal_compute_row, interpolate, majority_curve, training_forward_tokens
+from sharpen.analysis.metrics import compute_metrics
+from sharpen.analysis.outcomes import Outcomes
+from sharpen.analysis.report import render_report
+from sharpen.analysis.stats import majority_vote_score
 from test_large_k import make_run, records
 
 
@@ -82,7 +82,7 @@ def test_row_at_fractional_k_with_a_paired_verdict():
     assert row["majority_vote"]["value"] == pytest.approx(want, abs=0.08)  # 64 subsets per problem
     assert row["accuracy"]["value"] == 1.0 and row["beats_voting"] == "yes"
     assert row["difference"]["value"] == pytest.approx(1.0 - row["majority_vote"]["value"])
-    from analysis.stats import pass_at_k_matrix
+    from sharpen.analysis.stats import pass_at_k_matrix
 
     n, c = [6, 6, 6], [3, 1, 2]
     exact_pass = 0.5 * pass_at_k_matrix(n, c, [2]).mean() + 0.5 * pass_at_k_matrix(n, c, [3]).mean()

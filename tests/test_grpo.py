@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.errors import UsageError
-from common.tracking import WandbConfig
+from sharpen.errors import UsageError
+from sharpen.runs.tracking import WandbConfig
 from conftest import char_tokenizer, tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "accelerate_configs"
+CONFIGS = REPO / "sharpen" / "configs" / "accelerate"
 # A short run on the tiny model: 2 prompts x 4 completions of up to 8 tokens per step.
 SMALL = ["--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "8",
          "--learning_rate", "1e-2", "--report_to", "none", "--log_completions", "false", "--logging_steps", "1"]
@@ -33,8 +33,8 @@ def digit_fraction(completions, **kwargs):
 @pytest.fixture
 def digits_task(monkeypatch):
     """A task named 'digits' whose grade varies on a random tiny model (unlike arithmetic, always 0 there)."""
-    from experiments.tasks import TASKS
-    from experiments.tasks.base import Task, take
+    from sharpen.tasks import TASKS
+    from sharpen.tasks.base import Task, take
 
     class Digits(Task):
         name = "digits"
@@ -64,7 +64,7 @@ def tiny_dataset(n: int = 8):
 
 
 def grpo_args(output_dir, **overrides):
-    from rl_baselines import grpo_config
+    from sharpen.rl import grpo_config
 
     values = {"max_steps": 4, "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 8,
               "learning_rate": 1e-2, "report_to": [], "log_completions": False, "logging_steps": 1} | overrides
@@ -76,8 +76,8 @@ def state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def test_grade_reward_is_the_task_grader():
-    from experiments.tasks import get_task
-    from rl_baselines import grade_reward
+    from sharpen.tasks import get_task
+    from sharpen.rl import grade_reward
 
     task = get_task("basic_arithmetic")
     problems = task.load(limit=3, split="train")
@@ -90,12 +90,12 @@ def test_grade_reward_is_the_task_grader():
 
 
 def test_training_changes_parameters_and_counts_cost(tmp_path, tiny_checkpoint):
-    from rl_baselines import grpo_train
+    from sharpen.rl import grpo_train
 
     before = state_dict(tiny_llama())
     out = tmp_path / "run"
     cost = grpo_train(str(tiny_checkpoint), char_tokenizer(), tiny_dataset(), digit_fraction, grpo_args(out))
-    from sampling import load_model
+    from sharpen.sampling import load_model
 
     after, _ = load_model(str(out), device="cpu")
     changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
@@ -113,8 +113,8 @@ def test_training_changes_parameters_and_counts_cost(tmp_path, tiny_checkpoint):
 
 
 def test_lora_trains_only_the_adapter_and_loads(tmp_path, tiny_checkpoint, digits_task):
-    from experiments.cli import main
-    from sampling import load_model
+    from sharpen.cli import main
+    from sharpen.sampling import load_model
 
     out = tmp_path / "lora"
     small = [a for a in SMALL if a not in ("--report_to", "none")]  # the run default, ["wandb"], with wandb off
@@ -136,12 +136,12 @@ def test_lora_trains_only_the_adapter_and_loads(tmp_path, tiny_checkpoint, digit
 
 def test_two_processes_under_accelerate_launch(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     """`sharpen grpo --accelerate-config cpu_2proc.yaml` runs `accelerate launch` with two gloo CPU workers."""
-    from experiments.cli import main
+    from sharpen.cli import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(REPO)
     out = tmp_path / "ddp"
-    argv = ["grpo", "--accelerate-config", "accelerate_configs/cpu_2proc.yaml", "--model", str(tiny_checkpoint),
+    argv = ["grpo", "--accelerate-config", "sharpen/configs/accelerate/cpu_2proc.yaml", "--model", str(tiny_checkpoint),
             "--task", "basic_arithmetic", "--output-dir", str(out), "--max_steps", "3", *SMALL,
             "--per_device_train_batch_size", "4"]
     assert main(argv) == 0
@@ -149,7 +149,7 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_checkpoint, monkey
     # 2 processes x 4 completions per step x 3 steps: both ranks generated their share.
     assert cost["processes"] == 2 and cost["rollout_completions"] == 24 and cost["optimizer_steps"] == 3
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
-    from sampling import load_model
+    from sharpen.sampling import load_model
 
     load_model(str(out), device="cpu")
     capsys.readouterr()
@@ -167,7 +167,7 @@ class Interrupt(Exception):
 def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_checkpoint, digits_task, monkeypatch):
     from trl import GRPOTrainer
 
-    from experiments.cli import main
+    from sharpen.cli import main
 
     def argv(out):
         return ["grpo", "--model", str(tiny_checkpoint), "--task", digits_task, "--output-dir", str(out),
@@ -197,7 +197,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_checkpoint, di
     # Steps 1-2 come from the checkpoint (restored RNG and data order), 3-4 from the second session.
     whole_cost = json.loads((whole / "cost.json").read_text())
     assert cost["rollout_completions"] == whole_cost["rollout_completions"] == 32
-    from sampling import load_model
+    from sharpen.sampling import load_model
 
     a, _ = load_model(str(whole), device="cpu")
     b, _ = load_model(str(out), device="cpu")
@@ -211,7 +211,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_checkpoint, di
 
 
 def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, monkeypatch):
-    from experiments.cli import main
+    from sharpen.cli import main
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # --wandb-mode auto: offline unless WANDB_MODE says otherwise
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -234,8 +234,8 @@ def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, mon
 
 
 def test_from_checkpoint_records_without_training(tmp_path, capsys):
-    from experiments.cli import main
-    from experiments.grpo import grpo_model_spec
+    from sharpen.cli import main
+    from sharpen.rl.stage import grpo_model_spec
 
     hub_id = "stellalisy/rethink_rlvr_reproduce-ground_truth-qwen2.5_math_7b-lr5e-7-kl0.00-step150"
     out = tmp_path / "rl"
@@ -252,14 +252,14 @@ def test_from_checkpoint_records_without_training(tmp_path, capsys):
     (["--num_generations", "1"], "num_generations must be >= 2"),
     (["--num_generations", "3", "--per_device_train_batch_size", "8"], "must be a multiple of num_generations (3)"),
     (["--lora", "--lora_target_modules", "q_proj,qkv_proj"], "LoRA target module 'qkv_proj' is not in the model"),
-    (["--accelerate-config", "accelerate_configs/nope.yaml"], "accelerate config 'accelerate_configs/nope.yaml' does"),
+    (["--accelerate-config", "sharpen/configs/accelerate/nope.yaml"], "accelerate config 'sharpen/configs/accelerate/nope.yaml' does"),
     (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
     (["--max_steps", "2", "--no_such_flag", "1"], "unrecognized arguments"),
     (["--wandb-mode", "sometimes"], "wandb mode must be one of auto, offline, online, off"),
     (["--lora", "--lora_r", "0"], "LoRA rank must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, tiny_checkpoint, capsys, extra, message):
-    from experiments.cli import main
+    from sharpen.cli import main
 
     argv = ["grpo", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--output-dir", str(tmp_path / "x")]
     if extra[:2] == ["--task", "math500"]:
@@ -295,9 +295,9 @@ def test_accelerate_configs_parse_and_say_when_to_use_them():
 
 
 def test_gpu_preset_parses_into_grpo_settings():
-    from experiments.grpo import parse_args
+    from sharpen.rl.stage import parse_args
 
-    settings = parse_args(["--config", str(REPO / "experiments/configs/grpo_gpu.yaml"), "--model",
+    settings = parse_args(["--config", str(REPO / "sharpen/configs/grpo_gpu.yaml"), "--model",
                            "Qwen/Qwen2.5-Math-7B", "--task", "math500", "--output-dir", "x", "--max_steps", "10"])
     grpo = settings.grpo
     assert (grpo["bf16"], grpo["use_cpu"], grpo["learning_rate"], grpo["beta"]) == (True, False, 5e-7, 0.0)
@@ -305,8 +305,8 @@ def test_gpu_preset_parses_into_grpo_settings():
 
 
 def test_flags_beat_the_yaml_file_which_beats_the_run_defaults(tmp_path):
-    from rl_baselines import default_grpo_args
-    from experiments.grpo import parse_args
+    from sharpen.rl import default_grpo_args
+    from sharpen.rl.stage import parse_args
 
     config = tmp_path / "grpo.yaml"
     config.write_text("learning_rate: 0.001\nmax_steps: 7\nlora_r: 8\nnum-generations: 4\nenv:\n  SHARPEN_X: 'y'\n")
@@ -324,8 +324,8 @@ def test_flags_beat_the_yaml_file_which_beats_the_run_defaults(tmp_path):
 
 
 def test_lora_is_use_peft_and_its_targets_reach_peft_as_given(tiny_checkpoint):
-    from rl_baselines import lora_config
-    from experiments.grpo import parse_args
+    from sharpen.rl import lora_config
+    from sharpen.rl.stage import parse_args
 
     base = ["--model", "m", "--task", "testbed", "--output-dir", "o"]
     assert parse_args(base).model_args.use_peft is False
@@ -362,7 +362,7 @@ STUDY = {"task": "basic_arithmetic", "task_args": {}, "chat": False, "problem_se
      "per_device_train_batch_size (2) x processes (2)"),
 ])
 def test_study_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, settings, message):
-    from experiments.grpo import check_grpo_settings
+    from sharpen.rl.stage import check_grpo_settings
 
     def check():
         check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=tmp_path / "grpo", **STUDY)
@@ -377,7 +377,7 @@ def test_study_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, s
 
 
 def test_a_study_without_its_model_yet_checks_the_rest(tmp_path):
-    from experiments.grpo import check_grpo_settings
+    from sharpen.rl.stage import check_grpo_settings
 
     check_grpo_settings({"lora": True, "max_steps": 3}, model=None, output_dir=tmp_path / "grpo", **STUDY)
     with pytest.raises(UsageError, match="multiple of num_generations"):
@@ -385,7 +385,7 @@ def test_a_study_without_its_model_yet_checks_the_rest(tmp_path):
 
 
 def test_a_directory_with_another_run_or_base_model_revision_is_refused(tmp_path, tiny_checkpoint):
-    from experiments import grpo
+    from sharpen import grpo
 
     out = tmp_path / "grpo"
 
@@ -427,8 +427,8 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
 
     import yaml
 
-    from experiments import grpo
-    from experiments.cli import main
+    from sharpen import grpo
+    from sharpen.cli import main
 
     launched = []
 
@@ -441,17 +441,17 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
     config = tmp_path / "grpo.yaml"
     config.write_text("max_steps: 3\nnum_generations: 4\n")
     out = tmp_path / "cli"
-    argv = ["--accelerate-config", "accelerate_configs/cpu_2proc.yaml", "--model", str(tiny_checkpoint), "--task",
+    argv = ["--accelerate-config", "sharpen/configs/accelerate/cpu_2proc.yaml", "--model", str(tiny_checkpoint), "--task",
             "basic_arithmetic", "--config", str(config), "--per_device_train_batch_size", "4", "--output-dir", str(out)]
     assert main(["grpo", *argv]) == 0
     command, env = launched.pop()
-    assert command[command.index("experiments.cli") + 1:] == ["grpo", *argv]
+    assert command[command.index("sharpen") + 1:] == ["grpo", *argv]
     assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           "accelerate_configs/cpu_2proc.yaml"]
+                           "sharpen/configs/accelerate/cpu_2proc.yaml"]
     assert env[grpo.LAUNCHED_ENV] == "1"  # the children train: they do not launch again
 
     settings = {"max_steps": 3, "num_generations": 4, "per_device_train_batch_size": 4, "lora": True,
-                "accelerate_config": "accelerate_configs/cpu_2proc.yaml"}
+                "accelerate_config": "sharpen/configs/accelerate/cpu_2proc.yaml"}
     out = tmp_path / "study"
     wandb = WandbConfig(mode="off", group="study-x")
     assert grpo.train_grpo(settings, model=str(tiny_checkpoint), output_dir=out, wandb=wandb, run_name="s-grpo",
@@ -473,16 +473,16 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
 @pytest.mark.slow
 def test_testbed_default_budget_raises_reward_and_pass_at_1(tmp_path, request):
     """The default budget on the testbed: the training reward rises and test pass@1 rises by > 0.2."""
-    pytest.importorskip("experiments.testbed")
+    pytest.importorskip("sharpen.testbed")
     try:
         testbed_dir = request.getfixturevalue("testbed_dir")
     except pytest.FixtureLookupError:
-        from experiments.testbed import build_testbed
+        from sharpen.testbed import build_testbed
 
         testbed_dir = build_testbed()
-    from experiments.grpo import train_grpo
-    from experiments.tasks import get_task
-    from sampling import load_model, sample
+    from sharpen.rl.stage import train_grpo
+    from sharpen.tasks import get_task
+    from sharpen.sampling import load_model, sample
 
     out = train_grpo({"log_completions": False}, model=str(testbed_dir), task="testbed", task_args={}, chat=False,
                      problem_seed=0, output_dir=tmp_path / "grpo", wandb=WandbConfig(mode="off"), run_name="grpo")

@@ -1,4 +1,4 @@
-"""GRPO rollouts through `sampling.sample` (rl_baselines.rollouts): the current policy, its settings, the testbed.
+"""GRPO rollouts through `sampling.sample` (sharpen.rl.rollouts): the current policy, its settings, the testbed.
 
     python -m pytest -q tests/test_grpo_rollouts.py            # ~30 s on 2 cores
     python -m pytest -q -m slow tests/test_grpo_rollouts.py    # the default 300-step recipe, both kinds (~40 s)
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.errors import UsageError
-from common.tracking import WandbConfig
+from sharpen.errors import UsageError
+from sharpen.runs.tracking import WandbConfig
 from conftest import char_tokenizer
 
 # TRL calls rollout_func experimental (grpo_train silences it too): what it hands the hook is pinned here.
@@ -41,7 +41,7 @@ def make_trainer(checkpoint, output_dir, *, lora: bool = False, **overrides):
     from peft import LoraConfig
     from trl import GRPOTrainer
 
-    from rl_baselines import grpo_config, sharpen_rollouts
+    from sharpen.rl import grpo_config, sharpen_rollouts
 
     values = {"max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 8,
               "learning_rate": 5e-2 if lora else 1e-2, "report_to": [], "log_completions": False,
@@ -63,7 +63,7 @@ def sequence_logprobs(model, prompt: list[int], completion: list[int]) -> torch.
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_rollouts_come_from_the_current_policy(tmp_path, tiny_checkpoint, lora):
     """Same prompts and seeds: equal rollouts without a step, other ones after one optimizer step (LoRA included)."""
-    from rl_baselines.rollouts import sample_policy
+    from sharpen.rl.rollouts import sample_policy
 
     trainer = make_trainer(tiny_checkpoint, tmp_path / "run", lora=lora)
     prompt_ids = trainer._tokenize_prompts(PROMPTS)[0]
@@ -87,7 +87,7 @@ def test_rollouts_come_from_the_current_policy(tmp_path, tiny_checkpoint, lora):
 
 
 def test_sampling_is_in_eval_mode_and_training_mode_comes_back(tmp_path, tiny_checkpoint):
-    from rl_baselines.rollouts import sample_policy
+    from sharpen.rl.rollouts import sample_policy
 
     trainer = make_trainer(tiny_checkpoint, tmp_path / "run", lora=True)
     model = trainer.model
@@ -106,8 +106,8 @@ def test_sampling_is_in_eval_mode_and_training_mode_comes_back(tmp_path, tiny_ch
 def test_rollout_func_gets_each_prompt_num_generations_times_and_returns_one_completion_each(
         tmp_path, tiny_checkpoint, monkeypatch):
     """What TRL 1.16 hands rollout_func: the RepeatSampler already repeats each prompt num_generations times."""
-    import rl_baselines.grpo as grpo
-    from rl_baselines import grpo_train, rollouts
+    import sharpen.rl.grpo as grpo
+    from sharpen.rl import grpo_train, rollouts
 
     calls = []
 
@@ -138,8 +138,8 @@ def test_rollout_func_gets_each_prompt_num_generations_times_and_returns_one_com
 
 
 def test_seeds_are_reproducible_and_differ_between_steps_and_processes(tmp_path, tiny_checkpoint):
-    from rl_baselines.rollouts import rollout_seeds
-    from sampling import derive_seed
+    from sharpen.rl.rollouts import rollout_seeds
+    from sharpen.sampling import derive_seed
 
     trainer = make_trainer(tiny_checkpoint, tmp_path / "run", seed=7)
     first = rollout_seeds(trainer, 4)
@@ -157,8 +157,8 @@ def test_seeds_are_reproducible_and_differ_between_steps_and_processes(tmp_path,
 ], ids=["defaults", "temperature", "top_k_top_p"])
 def test_grpo_settings_reach_the_sampler(tmp_path, tiny_checkpoint, settings, expected):
     """The rollouts are sampling.sample's draws at GRPOConfig's temperature / top-k / top-p / max_completion_length."""
-    from rl_baselines.rollouts import rollout_seeds, sharpen_rollouts
-    from sampling import sample
+    from sharpen.rl.rollouts import rollout_seeds, sharpen_rollouts
+    from sharpen.sampling import sample
 
     trainer = make_trainer(tiny_checkpoint, tmp_path / "run", max_completion_length=6, **settings)
     trainer.state.global_step = 3
@@ -185,8 +185,8 @@ def test_grpo_settings_reach_the_sampler(tmp_path, tiny_checkpoint, settings, ex
 
 
 def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, capsys):
-    from experiments.cli import main
-    from experiments.grpo import check_grpo_settings
+    from sharpen.cli import main
+    from sharpen.rl.stage import check_grpo_settings
 
     out = tmp_path / "x"
     argv = ["grpo", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--output-dir", str(out)]
@@ -203,7 +203,7 @@ def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, 
     with pytest.raises(UsageError, match="^rollouts must be one of sharpen, trl, got 'bogus'$"):
         check_grpo_settings({"rollouts": "bogus"}, **study)
     check_grpo_settings({"rollouts": "trl", "min_p": 0.1}, **study)  # TRL's generate takes min_p
-    fsdp = str(Path(__file__).resolve().parents[1] / "accelerate_configs" / "fsdp2.yaml")
+    fsdp = str(Path(__file__).resolve().parents[1] / "sharpen" / "configs" / "accelerate" / "fsdp2.yaml")
     with pytest.raises(UsageError, match="^rollouts: sharpen does not run under FSDP"):
         check_grpo_settings({"accelerate_config": fsdp}, **study)
     check_grpo_settings({"accelerate_config": fsdp, "rollouts": "trl"}, **study)
@@ -211,18 +211,18 @@ def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, 
 
 
 def test_rollout_kind_is_part_of_the_run_identity(tiny_checkpoint):
-    from experiments.grpo import parse_args
+    from sharpen.rl.stage import parse_args
 
     base = ["--model", "m", "--task", "testbed", "--output-dir", "o"]
     assert parse_args(base).run.rollouts == "sharpen"
     settings = parse_args(base + ["--rollouts", "trl"])
-    from experiments.grpo import identity
+    from sharpen.rl.stage import identity
 
     assert identity(settings, "m")["run"]["rollouts"] == "trl"
 
 
 def _testbed_pass_at_1(model_dir, problems, task) -> float:
-    from sampling import load_model, sample
+    from sharpen.sampling import load_model, sample
 
     model, tokenizer = load_model(str(model_dir), device="cpu")
     prompts = [tokenizer(task.prompt(p), add_special_tokens=False)["input_ids"] for p in problems] * 4
@@ -232,8 +232,8 @@ def _testbed_pass_at_1(model_dir, problems, task) -> float:
 
 
 def _train_testbed_both_ways(testbed_dir, tmp_path, steps: int | None) -> dict:
-    from experiments.grpo import train_grpo
-    from experiments.tasks import get_task
+    from sharpen.rl.stage import train_grpo
+    from sharpen.tasks import get_task
 
     task = get_task("testbed")
     # The test split's plain and trap problems (held out from GRPO's train split, of the kinds it trains on;
@@ -265,7 +265,7 @@ def test_sharpen_rollouts_train_the_testbed_like_trl_with_the_default_recipe(tes
 
 
 def test_the_step_benchmark_runs_both_kinds_side_by_side(tiny_checkpoint, capsys):
-    from experiments.bench_grpo import main
+    from benchmarks.bench_grpo import main
 
     assert main(["--model", str(tiny_checkpoint), "--no_chat", "--completions", "8", "--num_generations", "4",
                  "--max_completion_length", "8", "--no_lora", "--steps", "1", "--warmup", "1", "--rounds", "2"]) == 0

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import AnalysisConfig, analyze
-from common.errors import UsageError
-from common.locks import HELD_ENV, LOCK_FILE, hold_run_dir
-from experiments.cli import main
+from sharpen.analysis import AnalysisConfig, analyze
+from sharpen.errors import UsageError
+from sharpen.runs.locks import HELD_ENV, LOCK_FILE, hold_run_dir
+from sharpen.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SHARPEN = [sys.executable, "-m", "experiments.cli"]
+SHARPEN = [sys.executable, "-m", "sharpen"]
 
 
 def run_cli(*args, cwd=REPO, env=None, timeout=300):
@@ -61,7 +61,7 @@ def holder(tmp_path):
 
     def start(run_dir: Path, command: str = "sample"):
         code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
-                f"from common.locks import hold_run_dir\n"
+                f"from sharpen.runs.locks import hold_run_dir\n"
                 f"with hold_run_dir({str(run_dir)!r}, {command!r}):\n"
                 f"    print('held', flush=True); time.sleep(120)\n")
         process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -108,7 +108,7 @@ def test_the_holder_nests_its_stages_and_its_children_inherit_the_lock(tmp_path)
         assert str(run_dir.resolve()) in os.environ[HELD_ENV].split(os.pathsep)
         # An accelerate relaunch (a child process) works inside the parent's lock ...
         code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                f"from common.locks import hold_run_dir\n"
+                f"from sharpen.runs.locks import hold_run_dir\n"
                 f"with hold_run_dir({str(run_dir / 'grpo')!r}, 'grpo'): print('ok')\n")
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert child.stdout.strip() == "ok", child.stderr
@@ -154,7 +154,7 @@ def test_two_concurrent_samplers_write_every_record_once(tmp_path, tiny_checkpoi
 # ---- each command writes only its own files ---------------------------------------------------
 
 def test_grpo_refuses_a_study_or_sampling_directory_but_takes_a_study_stage(tmp_path, capsys):
-    from experiments.grpo import _check_owned
+    from sharpen.rl.stage import _check_owned
 
     study = tmp_path / "study"
     (study / "samples").mkdir(parents=True)
@@ -173,8 +173,8 @@ def test_grpo_refuses_a_study_or_sampling_directory_but_takes_a_study_stage(tmp_
 
 
 def test_overwrite_deletes_only_what_sharpen_wrote(tmp_path):
-    from experiments.study import claim_output_dir
-    from experiments.study_config import load_study_config
+    from sharpen.study.pipeline import claim_output_dir
+    from sharpen.study.config import load_study_config
 
     foreign = tmp_path / "photos"
     foreign.mkdir()
@@ -203,7 +203,7 @@ def test_overwrite_deletes_only_what_sharpen_wrote(tmp_path):
 # ---- identity and early checks ----------------------------------------------------------------
 
 def test_study_identity_does_not_depend_on_the_working_directory(tmp_path, tiny_checkpoint, monkeypatch):
-    from experiments.study_config import load_study_config
+    from sharpen.study.config import load_study_config
 
     home = tmp_path / "project"
     home.mkdir()
@@ -264,8 +264,8 @@ def test_a_run_made_before_a_setting_existed_resumes(tmp_path, tiny_checkpoint, 
 def test_a_study_made_before_a_setting_existed_resumes():
     import copy
 
-    from experiments.study import _with_new_defaults
-    from experiments.study_config import load_study_config
+    from sharpen.study.pipeline import _with_new_defaults
+    from sharpen.study.config import load_study_config
 
     mine = load_study_config("testbed").identity()
     saved = copy.deepcopy(mine)
@@ -350,7 +350,7 @@ def test_duplicate_problem_ids_are_refused_before_sampling(tmp_path, tiny_checkp
 
 
 def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    from common import records
+    from sharpen.runs import records
 
     run_dir = tmp_path / "run"
     args = ["sample", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--num-problems", "3",

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.large_k import crossover, crossover_grid, first_crossover
-from analysis.metrics import compute_metrics
-from analysis.outcomes import Outcomes
-from analysis.report import render_report
-from analysis.runs import MethodRecords, Run
-from analysis.stats import k_grid, pass_at_k, pass_at_k_matrix
+from sharpen.analysis.large_k import crossover, crossover_grid, first_crossover
+from sharpen.analysis.metrics import compute_metrics
+from sharpen.analysis.outcomes import Outcomes
+from sharpen.analysis.report import render_report
+from sharpen.analysis.runs import MethodRecords, Run
+from sharpen.analysis.stats import k_grid, pass_at_k, pass_at_k_matrix
 
 
 def records(name: str, counts: dict[str, tuple[int, int]], *, answer=None, forward: float | None = 10.0) -> list[dict]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.records import read_records
-from experiments.cli import main
-from sampling import SampleResult, eos_token_ids
-from sampling.methods import Method, get_method, register, registered_methods, unregister
+from sharpen.runs.records import read_records
+from sharpen.cli import main
+from sharpen.sampling import SampleResult, eos_token_ids
+from sharpen.sampling.methods import Method, get_method, register, registered_methods, unregister
 
 
 @dataclass

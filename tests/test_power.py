@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from experiments.cli import main
-from sampling import PowerSamplingConfig, derive_seed, power_sample, sample
-from sampling import power as power_module
+from sharpen.cli import main
+from sharpen.sampling import PowerSamplingConfig, derive_seed, power_sample, sample
+from sharpen.sampling import power as power_module
 
 EOS = 1
 PROMPTS = [[2, 5, 6], [2], [2, 7, 8, 9, 10, 11, 3], [3, 4]]

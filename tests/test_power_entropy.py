@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 45 s on one core
 
 The entropy rule picks the resampled position i with P(i | x) = w_i / W(x), w_i = 0.1 + max(0,
-H_i - H_{i-1}) (H_j: entropy of p at x[:j], H_{-1} = H_0; see sampling/power.py), so the
+H_i - H_{i-1}) (H_j: entropy of p at x[:j], H_{-1} = H_0; see sharpen/sampling/power.py), so the
 acceptance ratio carries log P(i | x') - log P(i | x) = log W(x) - log W(x') in place of the
 uniform rule's log|x| - log|x'|. The models, the helpers and the chi-square test are those of
 tests/test_power_exactness.py (4-token vocabulary, 4 new tokens, 121 completions, 3000 chains):
@@ -44,9 +44,9 @@ import torch
 
 import test_power_exactness as exactness
 from conftest import tiny_llama
-from experiments.cli import main
-from experiments.sample import parse_args
-from sampling import PowerSamplingConfig, power
+from sharpen.cli import main
+from sharpen.cli.sample import parse_args
+from sharpen.sampling import PowerSamplingConfig, power
 from test_power import PROMPTS as MIXED_PROMPTS, small
 from test_power_exactness import (  # noqa: F401  (model, power_model: fixtures)
     CHAINS, FAIL, PASS, T, _no_position_term, _reversed_position_term, chi_square, completions, conditionals_of,
@@ -132,7 +132,7 @@ def test_enumerated_entropy_kernel_is_exact(model, power_model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Broken variants, patched into sampling.power.
+# Broken variants, patched into sharpen.sampling.power.
 
 
 def uniform_position_term(monkeypatch):

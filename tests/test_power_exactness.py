@@ -8,7 +8,7 @@ are 121 completions (1 + 3 + 9 + 27 ending in EOS, 81 cut at 4 tokens) and p(x) 
 from the model's conditionals. Thousands of independent chains run batched through the real
 sampler; a chi-square test compares their final states with the exact law (cells with fewer than
 5 expected samples pooled). The right rule must pass at p > 1e-3; each broken variant, injected
-by monkeypatching one function of sampling.power, must fail at p < 1e-12 on the same model and
+by monkeypatching one function of sharpen.sampling.power, must fail at p < 1e-12 on the same model and
 the same test. Seeds are fixed, so the outcome is deterministic.
 
 Three models, each chosen by exact enumeration for what it tests:
@@ -53,7 +53,7 @@ of model or sample size cannot quietly blunt it. Figures and outcomes (N = 3000 
 The exact kernel below (`exact_kernel`, `exact_output`) is the MH rule of docs/architecture.md written
 out over the enumerated completions; it gives the exact finite-step output distribution of any block
 schedule (the paper's stop_on_eos=True included, whose distance from p^alpha the README reports).
-Top-k / top-p are written out again here (`processed`), independently of sampling.draw.
+Top-k / top-p are written out again here (`processed`), independently of sharpen.sampling.draw.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ from scipy.optimize import brentq
 from scipy.stats import chi2, chisquare, ncx2
 
 from conftest import tiny_llama
-from sampling import PowerSamplingConfig, sample
-from sampling import power
-from sampling.draw import draw_tokens, proposal_logprobs
-from sampling.power import _run
+from sharpen.sampling import PowerSamplingConfig, sample
+from sharpen.sampling import power
+from sharpen.sampling.draw import draw_tokens, proposal_logprobs
+from sharpen.sampling.power import _run
 
 EOS, VOCAB, T = 1, 4, 4
 PROMPT = [2, 0]
@@ -291,7 +291,7 @@ def config(alpha=2.0, temperature=1.0, block_size=T, steps=4, stop_on_eos=False,
 
 
 # ---------------------------------------------------------------------------------------------
-# Broken variants: each patches sampling.power the way a plausible bug would change it.
+# Broken variants: each patches sharpen.sampling.power the way a plausible bug would change it.
 
 
 def _reference_ratio(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop):

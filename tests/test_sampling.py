@@ -15,8 +15,8 @@ import torch
 from scipy import stats
 
 from conftest import tiny_llama
-from sampling import load_model, sample
-from sampling.draw import draw_tokens, make_generator, proposal_logprobs
+from sharpen.sampling import load_model, sample
+from sharpen.sampling.draw import draw_tokens, make_generator, proposal_logprobs
 
 EOS = 1
 PROMPT = [2, 3]  # bos, token 3
@@ -32,7 +32,7 @@ def test_load_model_round_trip(tiny_checkpoint, tiny_model):
 
 
 def test_load_model_errors(tmp_path):
-    from sampling import ModelLoadError
+    from sharpen.sampling import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "missing"))
@@ -43,7 +43,7 @@ def test_load_model_errors(tmp_path):
 def test_smollm2_needs_its_package(monkeypatch, tmp_path):
     import importlib.util
 
-    from sampling import ModelLoadError
+    from sharpen.sampling import ModelLoadError
 
     monkeypatch.setenv("SHARPEN_CACHE", str(tmp_path))
     real = importlib.util.find_spec

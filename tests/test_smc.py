@@ -10,7 +10,7 @@ with its own particles) go through the real sampler in one batch, and a chi-squa
 their outputs with p^alpha (cells with fewer than 5 expected samples pooled). SMC is exact only as
 the number of particles N grows, so the right rule must pass at 256 particles (p > 1e-3; its bias
 there is far below what 2000 runs can see) and plain sampling from the proposal (N = 1) must fail
-(p < 1e-12); each broken variant, injected by monkeypatching one function of sampling.smc, must
+(p < 1e-12); each broken variant, injected by monkeypatching one function of sharpen.sampling.smc, must
 fail at p < 1e-12 with 64 particles and 1000 runs. Every run also estimates Z = sum_x p(x)^alpha
 (stats["log_z"]), unbiasedly for any N: the mean of exp(log_z) must be within 4 standard errors
 of the exact Z. Seeds are fixed, so the outcomes are deterministic.
@@ -43,7 +43,7 @@ on the tokens before the last one (TV ~0.1 between conditionals that differ only
 outputs move by less than 3000 runs can detect (p = 0.29); the returned log-probs, which must be
 the base model's conditionals of the returned tokens, expose it instead (89 of 500 runs wrong).
 
-The bias at 1 to 256 particles, with and without the ramp, is in sampling/smc.py's docstring
+The bias at 1 to 256 particles, with and without the ramp, is in sharpen/sampling/smc.py's docstring
 (test_bias_falls_with_the_number_of_particles, -m slow, prints it).
 """
 
@@ -59,10 +59,10 @@ import torch
 from conftest import tiny_llama
 from test_power_exactness import (EOS, PROMPT, T, VOCAB, chi_square, completions, conditionals_of, detectable_tv,
                                   make_model, per_token, tables, target)
-from sampling import sample
-from sampling import smc
-from sampling.draw import derive_seed
-from sampling.smc import SMCConfig, smc_sample
+from sharpen.sampling import sample
+from sharpen.sampling import smc
+from sharpen.sampling.draw import derive_seed
+from sharpen.sampling.smc import SMCConfig, smc_sample
 
 RUNS = 2000
 PASS, FAIL = 1e-3, 1e-12
@@ -240,7 +240,7 @@ def test_bias_at_4_particles_is_visible_and_gone_at_256(model, runs):
 
 
 # ---------------------------------------------------------------------------------------------
-# Broken variants: each patches sampling.smc the way a plausible bug would change it.
+# Broken variants: each patches sharpen.sampling.smc the way a plausible bug would change it.
 
 
 def _rows_within_each_run(rank, ancestors, alive):
@@ -254,7 +254,7 @@ def _rows_stay_with_the_particle(rank, ancestors, alive):
     return torch.where(rank >= 0, rank, rank.gather(1, ancestors))[alive]
 
 
-BROKEN = {  # id: (function of sampling.smc, replacement, settings, prompts)
+BROKEN = {  # id: (function of sharpen.sampling.smc, replacement, settings, prompts)
     "no-log-q": ("_token_log_weight", lambda alpha_t, log_p, log_q: alpha_t * log_p, DEFAULT, (PROMPT,)),
     "ramp-without-bridge": ("_bridge_log_weight", lambda a, b, logp_sum: 0 * logp_sum, HEAVY | dict(ramp_tokens=4),
                             (PROMPT,)),

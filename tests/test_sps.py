@@ -1,4 +1,4 @@
-"""Scalable power sampling (sampling/sps.py): exact laws by enumeration, the sampler against them, seeds, batching.
+"""Scalable power sampling (sharpen/sampling/sps.py): exact laws by enumeration, the sampler against them, seeds, batching.
 
     nice -n 19 env OMP_NUM_THREADS=1 python -m pytest -q tests/test_sps.py    # about 40 s on one core
 
@@ -8,7 +8,7 @@ most of its mass on four of them. Three laws per setting, all computed from the 
 conditionals:
 
 - p^4, the target; token-level temperature 1/4 is 0.310 from it (TV);
-- the exact law of SPS with exact zeta (infinite rollouts), the per-token rule of sampling/sps.py
+- the exact law of SPS with exact zeta (infinite rollouts), the per-token rule of sharpen/sampling/sps.py
   with zeta enumerated and fed to `sps.decision_probs`: it separates what the method approximates
   (candidate cut, horizon) from rollout noise. With the full look-ahead and all 4 tokens as
   candidates it must be p^4 (to 1e-12);
@@ -35,7 +35,7 @@ Figures (TV from p^4; sampled = 3000 completions; p = chi-square p-value against
   low temperature 1/4                0.310
 
 The full look-ahead is well below low temperature's 0.310 at every M (asserted: < half). The two
-broken variants, injected by monkeypatching sampling.sps, fail at p < 1e-12 the tests that the
+broken variants, injected by monkeypatching sharpen.sampling.sps, fail at p < 1e-12 the tests that the
 right rule passes.
 """
 
@@ -51,8 +51,8 @@ import torch
 from scipy.special import logsumexp, softmax
 
 from conftest import tiny_llama
-from sampling import derive_seed, sps
-from sampling.sps import SPSConfig, decision_probs, sps_sample
+from sharpen.sampling import derive_seed, sps
+from sharpen.sampling.sps import SPSConfig, decision_probs, sps_sample
 from test_power_exactness import (EOS, PROMPT, T, VOCAB, chi_square, completions, conditionals_of, detectable_tv,
                                   finals, target)
 
@@ -91,7 +91,7 @@ def tv(a, b) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact laws by enumeration, written independently of sampling/sps.py (except `decision_probs`,
+# Exact laws by enumeration, written independently of sharpen/sampling/sps.py (except `decision_probs`,
 # the formula under test, in the exact-zeta law).
 
 

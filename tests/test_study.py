@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
-from common.records import read_records
-from experiments.study_config import CONFIG_DIR, load_study_config
+from sharpen.cli import main
+from sharpen.runs.records import read_records
+from sharpen.configs import CONFIG_DIR
+from sharpen.study.config import load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("base", "low_temp", "power_mh", "power_smc", "power_sps", "grpo", "base_256", "grpo_256")
@@ -72,16 +73,15 @@ def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("stage", ["grpo", "sampling", "analysis"])
 def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_dir, tmp_path, monkeypatch, stage):
-    import experiments.sample
-    import experiments.study
+    from sharpen.study import sample as sample_stage
 
     class Killed(Exception):
         pass
 
     if stage == "grpo":  # die as soon as GRPO has saved its first checkpoint
-        import rl_baselines
+        from sharpen import rl
 
-        real_train = rl_baselines.grpo_train
+        real_train = rl.grpo_train
 
         def dying_train(*args, **kwargs):
             from transformers import TrainerCallback
@@ -93,9 +93,9 @@ def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_
             kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [Die()]
             return real_train(*args, **kwargs)
 
-        monkeypatch.setattr(rl_baselines, "grpo_train", dying_train)  # experiments.grpo imports it from here
+        monkeypatch.setattr(rl, "grpo_train", dying_train)  # sharpen.rl.stage imports it from here
     elif stage == "sampling":  # die in power_mh after 3 records
-        real_make_record = experiments.sample.make_record
+        real_make_record = sample_stage.make_record
         calls = {"n": 0}
 
         def dying_make_record(args, *rest, **kwargs):
@@ -105,12 +105,12 @@ def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_
                     raise Killed()
             return real_make_record(args, *rest, **kwargs)
 
-        monkeypatch.setattr(experiments.sample, "make_record", dying_make_record)
+        monkeypatch.setattr(sample_stage, "make_record", dying_make_record)
     else:
         def dying_analyze(*args, **kwargs):
             raise Killed()
 
-        import analysis
+        from sharpen import analysis
 
         monkeypatch.setattr(analysis, "analyze", dying_analyze)
 
@@ -199,8 +199,8 @@ def test_two_processes_shard_sampling_without_loss_or_duplicates(tiny_checkpoint
     assert main([*args, "--output-dir", str(tmp_path / "one")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
-              "-m", "experiments.cli", *args, "--output-dir", str(tmp_path / "two")]
+              str(REPO / "sharpen" / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              "-m", "sharpen", *args, "--output-dir", str(tmp_path / "two")]
     done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     one = read_records(tmp_path / "one" / "samples" / "base.jsonl")
@@ -213,7 +213,7 @@ def test_two_processes_shard_sampling_without_loss_or_duplicates(tiny_checkpoint
     # ... and the two processes really were two shards of one group (not two lone processes
     # racing on one file, which the record check alone could miss when one finishes first).
     probe = tmp_path / "probe.py"
-    probe.write_text("import sys\nfrom common.processes import current_shard\n"
+    probe.write_text("import sys\nfrom sharpen.runs.processes import current_shard\n"
                      "s = current_shard(); s.wait()\n"
                      f"open({str(tmp_path)!r} + f'/shard{{s.rank}}', 'w').write(f'{{s.rank}} {{s.world_size}}')\n")
     launch = launch[:launch.index("-m", 4)] + [str(probe)]

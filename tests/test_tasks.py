@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UsageError
-from experiments.tasks import get_task
-from experiments.tasks.math500 import answers_match, last_boxed
+from sharpen.errors import UsageError
+from sharpen.tasks import get_task
+from sharpen.tasks.math500 import answers_match, last_boxed
 
 MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "MATH500.json"
 if not MATH500.exists():  # the data ships beside the repository; tests may also run elsewhere

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import UsageError
-from experiments.tasks import get_task
-from experiments.testbed import corpus
-from experiments.testbed import train as train_module
-from experiments.testbed.corpus import (DOUBLE, EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions,
+from sharpen.errors import UsageError
+from sharpen.tasks import get_task
+from sharpen.testbed import corpus
+from sharpen.testbed import train as train_module
+from sharpen.testbed.corpus import (DOUBLE, EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions,
                                         exact_figures, extract_answer, generate_problems, is_posed,
                                         sample_documents, split_of, teacher_next)
 
@@ -274,7 +274,7 @@ def test_tokenizer_reads_and_writes_the_corpus():
 
 def test_kind_figures_split_a_run_by_kind(tmp_path, capsys):
     """pass@k per (method, kind) from the records: ids name the kind; k stops at the samples there are."""
-    from experiments.testbed.kinds import kind_figures, main
+    from sharpen.testbed.kinds import kind_figures, main
 
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -392,7 +392,7 @@ def test_bad_build_input_is_refused(tmp_path):
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
-    from experiments.cli import main
+    from sharpen.cli import main
 
     assert main(["testbed", "--seed", "abc"]) == 2
     err = capsys.readouterr().err.strip()
@@ -410,7 +410,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def calibration(testbed_dir):
-    from experiments.testbed import calibrate
+    from sharpen.testbed import calibrate
 
     return calibrate(testbed_dir)
 
@@ -418,7 +418,7 @@ def calibration(testbed_dir):
 def test_checkpoint_loads_everywhere(testbed_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sampling import eos_token_ids, load_model
+    from sharpen.sampling import eos_token_ids, load_model
 
     assert testbed_dir == train_module.default_dir(0)
     hf_model = AutoModelForCausalLM.from_pretrained(testbed_dir)
@@ -474,9 +474,9 @@ def test_trained_model_has_the_rare_path(calibration):
 
 
 def test_sharpen_sample_runs_every_method_on_the_testbed(testbed_dir, tmp_path):
-    from experiments.cli import main
-    from common.records import read_records
-    from sampling import registered_methods
+    from sharpen.cli import main
+    from sharpen.runs.records import read_records
+    from sharpen.sampling import registered_methods
 
     for method in registered_methods():
         extra = ["--block-size", "16", "--mcmc-steps", "2"] if method == "power_mh" else []
@@ -493,7 +493,7 @@ def test_sharpen_sample_runs_every_method_on_the_testbed(testbed_dir, tmp_path):
 
 
 def test_sharpen_testbed_prints_its_calibration(testbed_dir, capsys):
-    from experiments.cli import main
+    from sharpen.cli import main
 
     assert main(["testbed", "--num-problems", "8", "--num-samples", "4"]) == 0
     out = capsys.readouterr().out

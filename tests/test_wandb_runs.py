@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis import AnalysisConfig, analyze
-from analysis.pipeline import study_name
-from analysis.runs import load_run
-from analysis.wandb_log import flatten, log_method_runs, method_summary
-from common.tracking import RUN_IDS_FILE, WandbConfig
+from sharpen.analysis import AnalysisConfig, analyze
+from sharpen.analysis.pipeline import study_name
+from sharpen.analysis.runs import load_run
+from sharpen.analysis.wandb_log import flatten, log_method_runs, method_summary
+from sharpen.runs.tracking import RUN_IDS_FILE, WandbConfig
 from test_analysis_cli import FAST, _copy, checkpoint, sample_records, sampled_run, write_method  # noqa: F401
 
 BLOCK = 32768  # the log's block size; a record never straddles a block's 7-byte header
@@ -87,7 +87,7 @@ def offline_runs(run_dir: Path) -> list[dict]:
 def logged_run(sampled_run, checkpoint, tmp_path_factory):
     """test_analysis_cli's run + low_temp_n2 (2 samples per problem) + power_mh_a2 with its real settings,
     analysed with wandb offline."""
-    from sampling.methods import get_method
+    from sharpen.sampling.methods import get_method
 
     run_dir = _copy(sampled_run, tmp_path_factory.mktemp("wandb"))
     write_method(run_dir, "low_temp_n2", "low_temp", sample_records(checkpoint, "low_temp_n2", 0.25, samples=2),

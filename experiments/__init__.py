@@ -1,1 +1,0 @@
-"""Entry points and wiring: the `sharpen` CLI, tasks, run directories, presets and studies."""

@@ -1,0 +1,27 @@
+"""Measurements over per-sample records: correctness with intervals, likelihood, diversity, reports.
+
+    from sharpen.analysis import AnalysisConfig, analyze
+    metrics = analyze("runs/demo", AnalysisConfig(bootstrap=500))   # or `sharpen analyze runs/demo`
+
+    pipeline.py   analyze(): scoring, metrics, report, plots and wandb in one call; AnalysisConfig
+    runs.py       read and check RUN_DIR/samples/<name>.jsonl, configs, sessions and stored scores
+    scoring.py    log-likelihood, confidence and self-certainty under the base model -> RUN_DIR/scores/<name>.jsonl
+    stats.py      accuracy, pass@k (unbiased estimator) with bootstrap intervals, majority vote, paired tests
+    diversity.py  distinct-n, self-BLEU, distinct answers, embedding diversity across a prompt's samples
+    metrics.py    every number of the report, from the records and scores (metrics.json)
+    outcomes.py      one method's records as per-problem arrays (correct, answers, forward tokens)
+    large_k.py       coverage at the largest shared n; the k at which base overtakes a method
+    boundary.py      problems solved by only one side of a pair at the shared k (the reasoning boundary)
+    equal_compute.py majority vote / pass@k of base and low_temp at the k that costs what a sampler costs
+    entropy.py       token and answer entropy of each method's own samples; support retention vs base
+    plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
+    report.py     report.md
+    wandb_log.py  one wandb run per method instance (same keys, settings as config) and the analysis run
+
+Sample files are read, never written; scores are derived data beside them.
+"""
+
+from .pipeline import AnalysisConfig, analyze, default_base_model, format_summary
+from .runs import InputError
+
+__all__ = ["AnalysisConfig", "InputError", "analyze", "default_base_model", "format_summary"]

@@ -1,0 +1,118 @@
+"""One method instance's records as per-problem arrays, built once and shared by the large-k analyses.
+
+    from sharpen.analysis.outcomes import Outcomes, shared_problems
+    base = Outcomes.from_groups("base", "base", run.methods["base"].by_problem())
+    base.n, base.c                      # (P,) samples and correct samples per problem
+    base.pass_matrix([1, 4, 16])        # (P, 3) unbiased pass@k per problem
+    ia, ib = shared_problems(base, other)   # rows of the problems both have, in base's order
+
+sharpen.analysis.boundary, sharpen.analysis.equal_compute and sharpen.analysis.entropy read these arrays instead of
+the records, so the records are walked once per method. Answers are normalised as
+stats.majority_vote_score does it (str, whitespace stripped; empty counts as no answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .stats import pass_at_k_matrix
+
+
+def normalise_answer(answer) -> str | None:
+    """The answer as majority vote compares it: stripped text, None when there is none.
+
+    >>> normalise_answer(" 7 "), normalise_answer(""), normalise_answer(None), normalise_answer(3)
+    ('7', None, None, '3')
+    """
+    if answer is None:
+        return None
+    text = str(answer).strip()
+    return text or None
+
+
+@dataclass
+class Outcomes:
+    """Per-problem correctness, answers and costs of one method instance, in (problem_id, sample_idx) order."""
+
+    name: str
+    kind: str
+    pids: list[str]
+    correct: list[np.ndarray]  # per problem: (n_p,) bool, in sample_idx order
+    answers: list[list[str | None]]  # per problem: normalised extracted answers
+    forward: list[np.ndarray]  # per problem: (n_p,) forward tokens, NaN where a record has none
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_groups(cls, name: str, kind: str, groups: dict[str, list[dict]]) -> Outcomes:
+        """From MethodRecords.by_problem(): {problem_id: records sorted by sample_idx}."""
+        correct, answers, forward = [], [], []
+        for group in groups.values():  # one pass over the records: a run may hold millions
+            ok, said, cost = [], [], []
+            for r in group:
+                ok.append(bool(r["correct"]))
+                said.append(normalise_answer(r.get("extracted_answer")))
+                c = r.get("cost")
+                value = c.get("forward_tokens") if isinstance(c, dict) else None
+                cost.append(np.nan if value is None else value)
+            correct.append(np.array(ok, dtype=bool))
+            answers.append(said)
+            forward.append(np.array(cost, dtype=float))
+        pids = list(groups)
+        return cls(name, kind, pids, correct, answers, forward, {pid: i for i, pid in enumerate(pids)})
+
+    @property
+    def n(self) -> np.ndarray:
+        return np.array([len(x) for x in self.correct], dtype=np.int64)
+
+    @property
+    def c(self) -> np.ndarray:
+        return np.array([int(x.sum()) for x in self.correct], dtype=np.int64)
+
+    @property
+    def rates(self) -> np.ndarray:
+        """(P,) fraction of correct samples per problem."""
+        return self.c / self.n
+
+    def rows(self, pids) -> np.ndarray:
+        return np.array([self._rows[p] for p in pids], dtype=np.int64)
+
+    def pass_matrix(self, ks, rows=None) -> np.ndarray:
+        """(P, K) unbiased pass@k of the problems `rows` (default all); every k must be <= their samples."""
+        rows = np.arange(len(self.pids)) if rows is None else np.asarray(rows)
+        return pass_at_k_matrix(self.n[rows], self.c[rows], list(ks))
+
+    def answered(self) -> bool:
+        """Whether any record carries an extracted answer."""
+        return any(a is not None for group in self.answers for a in group)
+
+    def mean_forward(self, rows=None) -> tuple[float | None, int]:
+        """(mean forward tokens per completion over the problems `rows`, records without forward tokens).
+
+        The mean is None when any of those records lacks them: a mean over the others could
+        be biased (e.g. a session that crashed before writing costs).
+        """
+        rows = np.arange(len(self.pids)) if rows is None else np.asarray(rows)
+        values = np.concatenate([self.forward[i] for i in rows]) if len(rows) else np.zeros(0)
+        missing = int(np.isnan(values).sum())
+        if missing or values.size == 0:
+            return None, missing
+        return float(values.mean()), 0
+
+
+def shared_problems(a: Outcomes, b: Outcomes) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices into a and into b of the problems both have (in a's order)."""
+    pids = [p for p in a.pids if p in b._rows]
+    return a.rows(pids), b.rows(pids)
+
+
+def reference_base(outcomes: dict[str, Outcomes]) -> str | None:
+    """The instance the base comparisons use: of kind base, the one with the most samples per problem
+    (large k is what the crossover and the boundary are about), the one named `base` among equals, else None."""
+    candidates = [(name, o) for name, o in outcomes.items() if o.kind == "base"]
+    if not candidates:
+        return None
+    def samples(o):
+        return int(np.min(o.n)) if len(o.n) else 0
+    return max(candidates, key=lambda item: (samples(item[1]), item[0] == "base"))[0]

