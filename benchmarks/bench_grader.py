@@ -18,6 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
+from sharpen.cli.args import ArgumentParser
 from sharpen.tasks import get_task
 from sharpen.tasks.sandbox import bwrap_problem
 
@@ -35,8 +38,6 @@ class BenchConfig:
 
 def grade_pass(kind: str, problems: list[dict], cfg: BenchConfig, desc: str) -> tuple[float, int]:
     """(programs/s, number passed) for one pass over the canonical solutions."""
-    from tqdm import tqdm
-
     task = get_task("humaneval", timeout=cfg.timeout, sandbox=SETTING[kind])
     passed = 0
     start = time.perf_counter()
@@ -49,8 +50,6 @@ def grade_pass(kind: str, problems: list[dict], cfg: BenchConfig, desc: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sharpen.cli.args import ArgumentParser
-
     (cfg,) = ArgumentParser(BenchConfig, prog="python -m benchmarks.bench_grader").parse_args_into_dataclasses(argv)
     problems = get_task("humaneval", sandbox="none").load(limit=cfg.limit)
     problem = bwrap_problem()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import statistics
 import tempfile
 import time
@@ -29,6 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from sharpen.cli.args import ArgumentParser
+from sharpen.rl import grade_reward, grpo_train
+from sharpen.rl.stage import build_train_set, load_tokenizer
+from sharpen.sampling.models import resolve_model_path
+from sharpen.tasks import get_task
 
 KINDS = ("sharpen", "trl")
 TARGET = 1.5
@@ -101,11 +108,7 @@ class StepTimer:
 
 def run_once(kind: str, cfg: BenchConfig, model_path: str, tokenizer, dataset, reward, output_dir: Path) -> dict:
     """One grpo_train run of warmup + steps steps with `kind` rollouts; its timed steps and completion lengths."""
-    import json
-
     from trl import ModelConfig
-
-    from sharpen.rl import grpo_train
 
     args = {"max_steps": cfg.warmup + cfg.steps, "per_device_train_batch_size": cfg.completions,
             "num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
@@ -151,20 +154,13 @@ def format_report(results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
-    from sharpen.rl import grade_reward
-    from sharpen.sampling.models import resolve_model_path
-
-    from sharpen.cli.args import ArgumentParser
-    from sharpen.rl.stage import _tokenizer, build_train_set
-    from sharpen.tasks import get_task
-
     parser = ArgumentParser(BenchConfig, prog="python -m benchmarks.bench_grpo")
     (cfg,) = parser.parse_args_into_dataclasses(argv)
     torch.set_num_threads(cfg.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model_path = resolve_model_path(cfg.model)
-    tokenizer = _tokenizer(model_path, cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model)
     task = get_task(cfg.task)
     prompts_per_step = cfg.completions // cfg.num_generations
     dataset, problems = build_train_set(task, tokenizer, limit=prompts_per_step * (cfg.warmup + cfg.steps) * 4,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from sharpen.cli.args import ArgumentParser
 from sharpen.sampling import PowerSamplingConfig, derive_seed, load_model, power_sample, sample
 
 from sharpen.tasks import get_task
@@ -126,8 +127,6 @@ def format_report(out: dict, cfg: BenchConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sharpen.cli.args import ArgumentParser
-
     parser = ArgumentParser((BenchConfig, PowerSamplingConfig), prog="python -m benchmarks.bench_power")
     parser.set_defaults(**POWER_DEFAULTS)
     cfg, power_cfg = parser.parse_args_into_dataclasses(argv)

@@ -5,8 +5,10 @@
 
 For each model it takes the first `prompts` test problems of its task (the testbed task; SmolLM2:
 basic_arithmetic in its chat template) and runs every sampler of the registry that samples the
-base model (`grpo` needs a trained model and is plain decoding anyway), each at the benchmark's
-settings below, with the same prompts and per-completion seeds. Two measurements per sampler:
+base model (Method.model; `grpo` needs a trained model and is plain decoding anyway), plug-ins
+included, each at the benchmark's settings below, with the same prompts and per-completion seeds.
+Plain decoding is the method that samples the base distribution itself
+(Method.samples_base_distribution: `base`). Two measurements per sampler:
 
 - throughput: all prompts in one call (`batch_size` = prompts, or particles for SMC): forward
   tokens, sampled tokens and wall seconds per completion, and decode steps (forward passes of one
@@ -14,9 +16,10 @@ settings below, with the same prompts and per-completion seeds. Two measurements
 - latency: one prompt alone, its chains / particles / rollouts batched: the wall seconds of one
   completion, the figure GPU papers report, against plain decoding of one completion.
 
-It then checks the issue's targets: power_smc's forward tokens <= num_particles x plain decoding's
-x 1.1; power_smc's latency <= 3 x plain decoding's on the testbed; power_mh with the entropy
-position rule (when the sampler has one) spends no more tokens per MH step than the uniform rule.
+It then checks the issue's targets, for every sampler whose settings have the field in question:
+with `num_particles` (power_smc), forward tokens <= num_particles x plain decoding's x 1.1 and
+latency <= 3 x plain decoding's on the testbed; with a `position` rule (power_mh), the entropy
+rule spends no more tokens per MH step than the uniform one.
 Timings are wall-clock on whatever else the machine is doing; pass --threads 1 and a quiet
 machine for figures worth quoting.
 """
@@ -29,10 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sharpen.cli.args import ArgumentParser
 from sharpen.sampling import derive_seed, get_method, load_model, registered_methods
+from sharpen.tasks import get_task
+from sharpen.testbed import build_testbed
 
 from .bench_power import _CountForwards
-from sharpen.tasks import get_task
 
 
 @dataclass
@@ -51,8 +56,9 @@ class BenchConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads."})
 
 
-def instances(cfg: BenchConfig, batch: int) -> dict[str, object]:
-    """name -> settings of every base-model sampler in the registry, at the benchmark's sizes."""
+def instances(cfg: BenchConfig, batch: int) -> dict[str, tuple[str, object]]:
+    """row name -> (method name, settings) of every base-model sampler in the registry, at the benchmark's sizes;
+    a sampler with a `position` rule (power_mh) gets a second row, "<name> entropy", with the entropy rule."""
     sizes = {"alpha": cfg.alpha, "max_new_tokens": cfg.max_new_tokens, "batch_size": batch,
              "num_particles": cfg.particles, "mcmc_steps": cfg.mcmc_steps, "block_size": cfg.block_size,
              "num_candidates": cfg.candidates, "num_rollouts": cfg.rollouts}
@@ -62,14 +68,15 @@ def instances(cfg: BenchConfig, batch: int) -> dict[str, object]:
         if method.model != "base":
             continue
         fields = set(method.field_names())
-        out[name] = method.make_settings(**{k: v for k, v in sizes.items() if k in fields})
-        if "position" in fields:  # power_mh's position rules, each an instance
-            out[f"{name} entropy"] = dataclasses.replace(out[name], position="entropy")
+        settings = method.make_settings(**{k: v for k, v in sizes.items() if k in fields})
+        out[name] = (name, settings)
+        if "position" in fields:
+            out[f"{name} entropy"] = (name, dataclasses.replace(settings, position="entropy"))
     return out
 
 
 def _run(model, method_name: str, settings, prompts, seeds) -> dict:
-    method = get_method(method_name.split()[0])
+    method = get_method(method_name)
     with _CountForwards(model) as counter:
         started = time.perf_counter()
         results = method.run(model, prompts, settings, seeds=seeds)
@@ -85,8 +92,6 @@ def _run(model, method_name: str, settings, prompts, seeds) -> dict:
 
 def bench_model(spec: str, cfg: BenchConfig) -> dict:
     if spec == "testbed":
-        from sharpen.testbed import build_testbed
-
         model, tokenizer = load_model(str(build_testbed(seed=0)))
         task, chat = get_task("testbed"), False
     else:
@@ -98,18 +103,22 @@ def bench_model(spec: str, cfg: BenchConfig) -> dict:
     seeds = [derive_seed(cfg.seed, i) for i in range(len(prompts))]
     rows = {}
     with torch.no_grad():
-        for name, settings in instances(cfg, batch=len(prompts)).items():
-            throughput = _run(model, name, settings, prompts, seeds)
+        for name, (method, settings) in instances(cfg, batch=len(prompts)).items():
+            throughput = _run(model, method, settings, prompts, seeds)
             alone = dataclasses.replace(settings, batch_size=max(getattr(settings, "num_particles", 1), 1))
-            latency = _run(model, name, alone, prompts[:1], seeds[:1])
-            rows[name] = {**throughput, "latency": latency["wall"]}
+            latency = _run(model, method, alone, prompts[:1], seeds[:1])
+            # What the checks read: the method, its particles, and the uniform-rule row an entropy row pairs with.
+            rows[name] = {**throughput, "latency": latency["wall"], "method": method,
+                          "particles": getattr(settings, "num_particles", None),
+                          "position": getattr(settings, "position", None)}
             print(f"  {spec} {name}: {throughput['wall']:.3f} s/completion, latency {latency['wall']:.3f} s",
                   flush=True)
     return {"model": spec, "prompts": len(prompts), "rows": rows}
 
 
 def format_report(out: dict, cfg: BenchConfig) -> str:
-    rows, plain = out["rows"], out["rows"]["base"]
+    rows = out["rows"]
+    plain = next(r for r in rows.values() if get_method(r["method"]).samples_base_distribution)
     lines = [f"{out['model']}: {out['prompts']} prompts, {cfg.max_new_tokens} new tokens, alpha {cfg.alpha}",
              f"{'sampler':<20} {'fwd tok/compl':>13} {'x plain':>8} {'sampled/compl':>13} {'wall s/compl':>12} "
              f"{'latency s':>10} {'x plain':>8} {'decode steps':>12} {'rows/step':>9}"]
@@ -118,25 +127,23 @@ def format_report(out: dict, cfg: BenchConfig) -> str:
                      f"{r['wall']:>12.4f} {r['latency']:>10.3f} {r['latency'] / plain['latency']:>8.1f} "
                      f"{r['steps']:>12d} {r['rows']:>9.1f}")
     checks = []
-    if "power_smc" in rows:
-        ratio = rows["power_smc"]["forward"] / (cfg.particles * plain["forward"])
-        checks.append(f"power_smc forward tokens / (particles x plain): {ratio:.2f} (target <= 1.1) "
-                      f"{'ok' if ratio <= 1.1 else 'MISSED'}")
-        if out["model"] == "testbed":
-            lat = rows["power_smc"]["latency"] / plain["latency"]
-            checks.append(f"power_smc latency / plain decoding's: {lat:.1f}x (target <= 3x on the testbed) "
-                          f"{'ok' if lat <= 3 else 'MISSED'}")
-    if "power_mh" in rows and "power_mh entropy" in rows:
-        per_step = {k: rows[k]["proposal_tokens"] / max(rows[k]["proposals"], 1) for k in ("power_mh", "power_mh entropy")}
-        checks.append(f"power_mh tokens per MH step: uniform {per_step['power_mh']:.2f}, entropy "
-                      f"{per_step['power_mh entropy']:.2f} (target: entropy <= uniform) "
-                      f"{'ok' if per_step['power_mh entropy'] <= per_step['power_mh'] else 'MISSED'}")
+    for name, r in rows.items():
+        if r["particles"]:
+            ratio = r["forward"] / (r["particles"] * plain["forward"])
+            checks.append(f"{name} forward tokens / (particles x plain): {ratio:.2f} (target <= 1.1) "
+                          f"{'ok' if ratio <= 1.1 else 'MISSED'}")
+            if out["model"] == "testbed":
+                lat = r["latency"] / plain["latency"]
+                checks.append(f"{name} latency / plain decoding's: {lat:.1f}x (target <= 3x on the testbed) "
+                              f"{'ok' if lat <= 3 else 'MISSED'}")
+        if r["position"] == "entropy" and r["method"] in rows:
+            uniform, entropy = (rows[k]["proposal_tokens"] / max(rows[k]["proposals"], 1) for k in (r["method"], name))
+            checks.append(f"{r['method']} tokens per MH step: uniform {uniform:.2f}, entropy {entropy:.2f} "
+                          f"(target: entropy <= uniform) {'ok' if entropy <= uniform else 'MISSED'}")
     return "\n".join(lines + checks)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sharpen.cli.args import ArgumentParser
-
     (cfg,) = ArgumentParser(BenchConfig, prog="python -m benchmarks.bench_samplers").parse_args_into_dataclasses(argv)
     torch.set_num_threads(cfg.threads)
     reports = [bench_model(spec, cfg) for spec in cfg.models]

@@ -56,6 +56,7 @@ _EXPORTS = {
     "get_method": "sharpen.sampling.methods",
     "registered_methods": "sharpen.sampling.methods",
     "Task": "sharpen.tasks.base",
+    "build_testbed": "sharpen.testbed.train",
     "get_task": "sharpen.tasks",
     "register_task": "sharpen.tasks",
     "registered_tasks": "sharpen.tasks",

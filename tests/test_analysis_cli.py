@@ -26,7 +26,6 @@ from sharpen.analysis.scoring import score_completions
 from sharpen.errors import UsageError
 from sharpen.runs.provenance import environment, model_revision
 from sharpen.runs.records import read_records
-from sharpen.runs.tracking import WandbConfig
 from sharpen.cli import main
 
 PLOTS = ("pass_at_k", "accuracy_vs_compute", "base_logprob_mean", "base_confidence", "base_self_certainty",
@@ -114,6 +113,17 @@ def sampled_run(checkpoint, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def analysed_run(sampled_run, tmp_path_factory) -> tuple[Path, dict]:
+    """sampled_run analysed once, and the metrics that analysis returned.
+
+    An analysis costs seconds (its plots most of all), so the tests that start from an analysed run share
+    this one: they read it, or copy it (`_copy`) before they change anything.
+    """
+    run_dir = _copy(sampled_run, tmp_path_factory.mktemp("analysed"))
+    return run_dir, analyze(run_dir, AnalysisConfig(bootstrap=500, embeddings="off"), progress=False)
+
+
 def _copy(run_dir, tmp_path) -> Path:
     target = tmp_path / run_dir.name
     shutil.copytree(run_dir, target)
@@ -135,13 +145,15 @@ def no_model(*args, **kwargs):
     raise AssertionError("this analysis must not load a model")
 
 
-def test_analyze_end_to_end_scores_beside_records_and_never_rewrites_them(sampled_run, checkpoint, tmp_path,
-                                                                          monkeypatch):
+def test_analyze_end_to_end_scores_beside_records_and_never_rewrites_them(sampled_run, analysed_run, checkpoint,
+                                                                          tmp_path, monkeypatch):
     from conftest import char_tokenizer, tiny_llama
 
-    run_dir = _copy(sampled_run, tmp_path)
-    before = sample_hashes(run_dir)
-    metrics = analyze(run_dir, AnalysisConfig(bootstrap=500, embeddings="off"), progress=False)
+    from sharpen.analysis import scoring
+
+    before = sample_hashes(sampled_run)
+    analysed, metrics = analysed_run  # the first analysis of sampled_run
+    run_dir = _copy(analysed, tmp_path)
     assert sample_hashes(run_dir) == before
 
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -226,7 +238,8 @@ def test_analyze_end_to_end_scores_beside_records_and_never_rewrites_them(sample
 
     # A second analysis reuses the stored scores: no model is loaded, no file changes.
     stored = {m: (run_dir / "scores" / f"{m}.jsonl").read_bytes() for m in NAMES}
-    monkeypatch.setattr("sampling.load_model", no_model)
+    monkeypatch.setattr("sharpen.sampling.load_model", no_model)
+    monkeypatch.setattr(scoring, "load_model", no_model, raising=False)  # should scoring import it at the top
     again = analyze(run_dir, AnalysisConfig(bootstrap=500, embeddings="off"), progress=False)
     assert again["analysis"]["scored_now"] == 0 and again["analysis"]["scored_before"] == 80
     assert sample_hashes(run_dir) == before
@@ -243,11 +256,12 @@ def test_analyze_end_to_end_scores_beside_records_and_never_rewrites_them(sample
     assert "started afresh (--rescore)" in (run_dir / "report.md").read_text()
 
 
-def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, tmp_path, capsys):
-    run_dir = _copy(sampled_run, tmp_path)
-    before = sample_hashes(run_dir)
+def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, analysed_run, tmp_path, capsys):
+    # An analysed run (its scores stored): --rescore scores all 80 again, each setting reaches metrics.json.
+    run_dir = _copy(analysed_run[0], tmp_path)
+    before = sample_hashes(sampled_run)
     assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--bootstrap", "200",
-                 "--batch-tokens", "64", "--seed", "3", "--confidence", "0.9"]) == 0
+                 "--batch-tokens", "64", "--seed", "3", "--confidence", "0.9", "--rescore"]) == 0
     out = capsys.readouterr().out
     assert "base: accuracy" in out and "power_mh_a2: accuracy" in out and "report.md" in out
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -255,8 +269,7 @@ def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, tmp_path, capsy
                                  "diversity_samples_per_problem": 4, "entropy_samples_per_problem": 4,
                                  "majority_subsets": 64}
     assert saved["analysis"]["config"]["batch_tokens"] == 64
-    assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--rescore"]) == 0
-    assert json.loads((run_dir / "metrics.json").read_text())["analysis"]["scored_now"] == 80
+    assert saved["analysis"]["scored_now"] == 80 and set(saved["analysis"]["reset"]) == set(NAMES)
     assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--no-score"]) == 0
     no_score = json.loads((run_dir / "metrics.json").read_text())
     assert no_score["analysis"]["scored_now"] is None and no_score["methods"]["base"]["base_scores"]["scored"] == 20
@@ -270,24 +283,6 @@ def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, tmp_path, capsy
         assert main(["analyze", *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, (argv, err)
-
-
-def test_wandb_offline_run_is_written_and_off_never_imports_wandb(sampled_run, tmp_path, monkeypatch):
-    run_dir = _copy(sampled_run, tmp_path)
-    metrics = analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"),
-                      wandb_name="my-analysis", progress=False)
-    # One run per method instance plus the analysis run (tests/test_wandb_runs.py reads them back).
-    runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == len(NAMES) + 1
-    (offline,) = [d for d in runs if Path(metrics["wandb_dir"]).is_relative_to(d)]
-    assert offline.name.endswith(metrics["wandb_runs"]["analysis"])
-    assert b"my-analysis" in b"".join(p.read_bytes() for p in offline.glob("*.wandb"))
-    # Off, or no wandb config at all: wandb is never imported (an import of it here would fail).
-    monkeypatch.setitem(sys.modules, "wandb", None)
-    shutil.rmtree(run_dir / "wandb")
-    for wandb in (None, WandbConfig(mode="off")):
-        assert analyze(run_dir, AnalysisConfig(**FAST), wandb=wandb, progress=False)["wandb_dir"] is None
-    assert not (run_dir / "wandb").exists()
 
 
 def test_embedding_diversity_when_the_package_is_installed(sampled_run, tmp_path):
@@ -333,10 +328,11 @@ def test_records_written_by_sharpen_sample_analyze_and_keep_their_bytes(checkpoi
 # ------------------------------------------------------------------------------------ stored scores
 
 
-def test_scores_by_another_model_are_started_afresh(sampled_run, checkpoint, other_checkpoint, tmp_path):
-    run_dir = _copy(sampled_run, tmp_path)
-    before = sample_hashes(run_dir)
-    first = analyze(run_dir, AnalysisConfig(**FAST), progress=False)
+def test_scores_by_another_model_are_started_afresh(sampled_run, analysed_run, checkpoint, other_checkpoint,
+                                                    tmp_path):
+    before = sample_hashes(sampled_run)
+    analysed, first = analysed_run
+    run_dir = _copy(analysed, tmp_path)
     old = scores_by_key(run_dir, "base")
     second = analyze(run_dir, AnalysisConfig(base_model=str(other_checkpoint), **FAST), progress=False)
     new = scores_by_key(run_dir, "base")
@@ -382,9 +378,8 @@ def test_a_killed_scoring_resumes_without_loss_or_duplicates(sampled_run, tmp_pa
     assert sample_hashes(run_dir) == before
 
 
-def test_a_changed_completion_is_scored_again(sampled_run, tmp_path):
-    run_dir = _copy(sampled_run, tmp_path)
-    analyze(run_dir, AnalysisConfig(**FAST), progress=False)
+def test_a_changed_completion_is_scored_again(analysed_run, tmp_path):
+    run_dir = _copy(analysed_run[0], tmp_path)
     path = run_dir / "samples" / "base.jsonl"
     records = read_records(path)
     records[3]["completion_ids"] = [5, 6, 7]  # e.g. the sample file was regenerated with --overwrite
@@ -416,7 +411,8 @@ def test_an_old_run_with_scores_inside_its_records_still_analyzes(sampled_run, c
             {"identity": {"model": str(checkpoint), "temperature": rows[0]["temperature"]},
              "config": {"model": str(checkpoint), "method": name}}))
     before = sample_hashes(run_dir)
-    monkeypatch.setattr("sampling.load_model", no_model)
+    monkeypatch.setattr("sharpen.sampling.load_model", no_model)
+    monkeypatch.setattr("sharpen.analysis.scoring.load_model", no_model, raising=False)
     metrics = analyze(run_dir, AnalysisConfig(**FAST), progress=False)
     assert metrics["analysis"]["scored_now"] == 0 and metrics["analysis"]["from_records"] == 40
     assert metrics["methods"]["base"]["base_scores"]["scored"] == 20
@@ -638,7 +634,7 @@ def test_analysis_config_validates_in_one_line():
 # ----------------------------------------------------------------------------------- data parallel
 
 
-def test_two_processes_share_the_scoring_through_part_files(sampled_run, tmp_path):
+def test_two_processes_share_the_scoring_through_part_files(sampled_run, analysed_run, tmp_path):
     """`accelerate launch` with 2 CPU processes: each scores every other record into its part file,
     the main process merges them, and the scores equal a one-process analysis's."""
     import os
@@ -647,8 +643,7 @@ def test_two_processes_share_the_scoring_through_part_files(sampled_run, tmp_pat
 
     from sharpen.runs.records import record_key
 
-    one, two = _copy(sampled_run, tmp_path / "one"), _copy(sampled_run, tmp_path / "two")
-    analyze(one, AnalysisConfig(**FAST), progress=False)
+    one, two = analysed_run[0], _copy(sampled_run, tmp_path / "two")  # one: scored by one process
     before = sample_hashes(two)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

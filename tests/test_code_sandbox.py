@@ -16,9 +16,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -92,6 +94,30 @@ def new_marker() -> str:
     return "sbx" + uuid.uuid4().hex[:12]  # 15 characters: the longest process name Linux keeps
 
 
+@contextmanager
+def watching(marker: str):
+    """Yields an Event, set once a live process carrying `marker` is seen (looked for every 20 ms).
+
+    A test whose deadline is short checks it, so that "no process left" is the kill's doing and not
+    that of a program which never got as far as starting one.
+    """
+    seen, done = threading.Event(), threading.Event()
+
+    def watch():
+        while not done.is_set() and not seen.is_set():
+            if processes_with(marker):
+                seen.set()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
 # ---- task-level behaviour -------------------------------------------------------------------------
 
 def test_humaneval_canonical_solutions_pass(humaneval, problems):
@@ -119,11 +145,15 @@ def test_humaneval_accepts_a_full_solution_in_a_code_block(humaneval, problems):
 
 
 def test_humaneval_infinite_loop_times_out_and_leaves_no_process(humaneval, problems):
+    # A 1 s timeout, not the module's 3 s: how long the loop runs first changes nothing checked here.
+    fast = get_task("humaneval", timeout=1.0, sandbox=SETTING[humaneval.sandbox])
     marker = new_marker()
     code = f"import ctypes\nctypes.CDLL(None).prctl(15, {marker.encode()!r}, 0, 0, 0)\nwhile True:\n    pass\n"
     start = time.time()
-    assert humaneval.execute(problems["HumanEval/0"], full_solution(problems["HumanEval/0"], code)) == "timed out"
-    assert time.time() - start < humaneval.timeout + 3
+    with watching(marker) as seen:
+        assert fast.execute(problems["HumanEval/0"], full_solution(problems["HumanEval/0"], code)) == "timed out"
+    assert time.time() - start < fast.timeout + 3
+    assert seen.is_set(), "the looping program never ran"
     time.sleep(0.5)  # unsandboxed, the group's SIGKILL lands asynchronously
     assert processes_with(marker) == []
 
@@ -222,29 +252,41 @@ def test_humaneval_forged_verdict_lines_score_zero(humaneval, problems):
 
 # ---- escapes --------------------------------------------------------------------------------------
 
+# A child that outlived the verdict would write a file into `out` once the test creates `go` (after the
+# verdict); unsandboxed, where it could, none may appear. Waiting for `go` rather than for a fixed
+# delay means no child can write before the verdict on a slow machine, and the test waits 1 s, not 4.
+
+
 def test_humaneval_forked_children_die_with_the_verdict(humaneval, problems, tmp_path):
-    # 200 children through libc's fork (os.fork is off), each to write a file 3 s later.
-    marker = new_marker()
+    # 200 children through libc's fork (os.fork is off), each to write a file once `go` exists.
+    marker, out, go = new_marker(), tmp_path / "out", tmp_path / "go"
+    out.mkdir()
     code = (f"import ctypes, os, time\nlibc = ctypes.CDLL(None)\nfor _ in range(200):\n"
-            f"    if libc.fork() == 0:\n        libc.prctl(15, {marker.encode()!r}, 0, 0, 0)\n        time.sleep(3)\n"
-            f"        try:\n            open({str(tmp_path)!r} + '/escaped-%d' % libc.getpid(), 'w').write('x')\n"
+            f"    if libc.fork() == 0:\n        libc.prctl(15, {marker.encode()!r}, 0, 0, 0)\n"
+            f"        try:\n            while True:\n                try:\n"
+            f"                    open({str(go)!r}).close()\n                    break\n"
+            f"                except OSError:\n                    time.sleep(0.05)\n"
+            f"            open({str(out)!r} + '/escaped-%d' % libc.getpid(), 'w').write('x')\n"
             f"        finally:\n            os._exit(0)\n")
     assert humaneval.grade(problems["HumanEval/0"], full_solution(problems["HumanEval/0"], code)) == 1.0
     time.sleep(0.5)
     assert processes_with(marker) == []
-    time.sleep(4)
-    assert processes_with(marker) == [] and list(tmp_path.iterdir()) == []
+    go.touch()
+    time.sleep(1)
+    assert processes_with(marker) == [] and list(out.iterdir()) == []
 
 
 def test_humaneval_spawned_child_dies_with_the_verdict(humaneval, problems, tmp_path):
-    marker = new_marker()
-    script = f"sleep 3; echo escaped > {tmp_path}/escaped; : {marker}"
+    marker, out, go = new_marker(), tmp_path / "out", tmp_path / "go"
+    out.mkdir()
+    script = f"until [ -e {go} ]; do sleep 0.05; done; echo escaped > {out}/escaped; : {marker}"
     code = f"import os\nos.posix_spawn('/bin/sh', ['sh', '-c', {script!r}], {{}})\n"
     assert humaneval.grade(problems["HumanEval/0"], full_solution(problems["HumanEval/0"], code)) == 1.0
     time.sleep(0.5)
     assert processes_with(marker) == []
-    time.sleep(4)
-    assert processes_with(marker) == [] and list(tmp_path.iterdir()) == []
+    go.touch()
+    time.sleep(1)
+    assert processes_with(marker) == [] and list(out.iterdir()) == []
 
 
 def test_humaneval_killing_the_parent_cannot_pass_or_hurt_the_grader(humaneval, problems):
@@ -312,16 +354,21 @@ def test_humaneval_sandbox_hides_the_machine_and_limits_processes():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_humaneval_grader_deadline_kills_the_whole_group(kind):
+def test_humaneval_grader_deadline_kills_the_whole_group(kind, monkeypatch):
     # The checker itself never answers (its tests loop): the grading process's deadline kills the
-    # process group, bwrap and all inside, and any child the program started.
+    # process group, bwrap and all inside, and any child the program started. The deadline is the
+    # timeout plus a startup grace; a grace of 2 s instead of 5 makes the wait shorter, and `watching`
+    # makes sure the kill below had a child to kill.
+    monkeypatch.setattr(sandbox, "STARTUP_GRACE", 2.0)
     marker = new_marker()
     program = (f"import os\nos.posix_spawn('/bin/sh', ['sh', '-c', 'sleep 30; : {marker}'], {{}})\n"
                "def f():\n    return 1\n")
     harness = "def check(candidate):\n    candidate()\n    while True:\n        pass\n"
     start = time.time()
-    assert run_tests(program, harness, "f", kind=kind, timeout=0.5) == "timed out"
+    with watching(marker) as seen:
+        assert run_tests(program, harness, "f", kind=kind, timeout=0.5) == "timed out"
     assert time.time() - start < 0.5 + sandbox.STARTUP_GRACE + 2
+    assert seen.is_set(), "the program's child never ran: nothing for the deadline to kill"
     time.sleep(0.5)
     assert processes_with(marker) == []
 

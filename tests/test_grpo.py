@@ -235,7 +235,7 @@ def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, mon
 
 def test_from_checkpoint_records_without_training(tmp_path, capsys):
     from sharpen.cli import main
-    from sharpen.rl.stage import grpo_model_spec
+    from sharpen.rl.rundir import grpo_model_spec
 
     hub_id = "stellalisy/rethink_rlvr_reproduce-ground_truth-qwen2.5_math_7b-lr5e-7-kl0.00-step150"
     out = tmp_path / "rl"
@@ -295,7 +295,7 @@ def test_accelerate_configs_parse_and_say_when_to_use_them():
 
 
 def test_gpu_preset_parses_into_grpo_settings():
-    from sharpen.rl.stage import parse_args
+    from sharpen.cli.grpo import parse_args
 
     settings = parse_args(["--config", str(REPO / "sharpen/configs/grpo_gpu.yaml"), "--model",
                            "Qwen/Qwen2.5-Math-7B", "--task", "math500", "--output-dir", "x", "--max_steps", "10"])
@@ -305,8 +305,8 @@ def test_gpu_preset_parses_into_grpo_settings():
 
 
 def test_flags_beat_the_yaml_file_which_beats_the_run_defaults(tmp_path):
+    from sharpen.cli.grpo import parse_args
     from sharpen.rl import default_grpo_args
-    from sharpen.rl.stage import parse_args
 
     config = tmp_path / "grpo.yaml"
     config.write_text("learning_rate: 0.001\nmax_steps: 7\nlora_r: 8\nnum-generations: 4\nenv:\n  SHARPEN_X: 'y'\n")
@@ -324,8 +324,8 @@ def test_flags_beat_the_yaml_file_which_beats_the_run_defaults(tmp_path):
 
 
 def test_lora_is_use_peft_and_its_targets_reach_peft_as_given(tiny_checkpoint):
+    from sharpen.cli.grpo import parse_args
     from sharpen.rl import lora_config
-    from sharpen.rl.stage import parse_args
 
     base = ["--model", "m", "--task", "testbed", "--output-dir", "o"]
     assert parse_args(base).model_args.use_peft is False
@@ -385,18 +385,20 @@ def test_a_study_without_its_model_yet_checks_the_rest(tmp_path):
 
 
 def test_a_directory_with_another_run_or_base_model_revision_is_refused(tmp_path, tiny_checkpoint):
-    from sharpen import grpo
+    from sharpen.rl import rundir, stage
+    from sharpen.rl.settings import settings_from_mapping, study_mapping
 
     out = tmp_path / "grpo"
 
     def prepared(settings):
-        resolved = grpo._from_mapping(grpo.study_mapping(settings, model=str(tiny_checkpoint), output_dir=out,
-                                                         **STUDY))
-        return grpo._prepare(resolved, 1)
+        resolved = settings_from_mapping(study_mapping(settings, model=str(tiny_checkpoint), output_dir=out, **STUDY))
+        return stage.preflight(resolved, 1)
 
     out.mkdir()
-    grpo._write_run_file(out, prepared({"max_steps": 3, "lora": True}))
-    check = lambda settings: grpo.check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=out, **STUDY)
+    found = prepared({"max_steps": 3, "lora": True})
+    rundir.write_run_file(out, identity=found.identity, model_path=found.model_path, revision=found.revision,
+                          train_problems=len(found.problems))
+    check = lambda settings: stage.check_grpo_settings(settings, model=str(tiny_checkpoint), output_dir=out, **STUDY)
     check({"max_steps": 4})  # run.json alone (a first session that died before its first save) binds nothing
     (out / "checkpoint-1").mkdir()  # a saved step does
     check({"max_steps": 3, "lora": True, "save_steps": 1, "logging_steps": 2})  # not what is trained: a resume
@@ -405,8 +407,8 @@ def test_a_directory_with_another_run_or_base_model_revision_is_refused(tmp_path
     with pytest.raises(UsageError, match=r"other settings \(model.use_peft\)"):
         check({"max_steps": 3})
     with pytest.raises(UsageError, match=r"other settings \(run.problem_seed\)"):
-        grpo.check_grpo_settings({"max_steps": 3, "lora": True}, model=str(tiny_checkpoint), output_dir=out,
-                                 **(STUDY | {"problem_seed": 1}))
+        stage.check_grpo_settings({"max_steps": 3, "lora": True}, model=str(tiny_checkpoint), output_dir=out,
+                                  **(STUDY | {"problem_seed": 1}))
 
     saved = json.loads((out / "run.json").read_text())
     assert saved["base_model_revision"] and saved["environment"]["libraries"]["trl"]
@@ -427,8 +429,11 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
 
     import yaml
 
-    from sharpen import grpo
     from sharpen.cli import main
+    from sharpen.cli.grpo import parse_args
+    from sharpen.rl import launch, stage
+    from sharpen.rl.rundir import LAUNCH_FILE
+    from sharpen.rl.settings import settings_from_mapping, study_mapping
 
     launched = []
 
@@ -436,7 +441,7 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
         launched.append((command, env))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(grpo.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
     monkeypatch.chdir(REPO)
     config = tmp_path / "grpo.yaml"
     config.write_text("max_steps: 3\nnum_generations: 4\n")
@@ -448,24 +453,24 @@ def test_relaunch_passes_what_the_user_gave(tmp_path, tiny_checkpoint, monkeypat
     assert command[command.index("sharpen") + 1:] == ["grpo", *argv]
     assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            "sharpen/configs/accelerate/cpu_2proc.yaml"]
-    assert env[grpo.LAUNCHED_ENV] == "1"  # the children train: they do not launch again
+    assert env[launch.LAUNCHED_ENV] == "1"  # the children train: they do not launch again
 
     settings = {"max_steps": 3, "num_generations": 4, "per_device_train_batch_size": 4, "lora": True,
                 "accelerate_config": "sharpen/configs/accelerate/cpu_2proc.yaml"}
     out = tmp_path / "study"
     wandb = WandbConfig(mode="off", group="study-x")
-    assert grpo.train_grpo(settings, model=str(tiny_checkpoint), output_dir=out, wandb=wandb, run_name="s-grpo",
-                           **STUDY) == out
+    assert stage.train_grpo(settings, model=str(tiny_checkpoint), output_dir=out, wandb=wandb, run_name="s-grpo",
+                            **STUDY) == out
     command, env = launched.pop()
-    assert command[-3:] == ["grpo", "--config", str(out / grpo.LAUNCH_FILE)]
-    mapping = yaml.safe_load((out / grpo.LAUNCH_FILE).read_text())
+    assert command[-3:] == ["grpo", "--config", str(out / LAUNCH_FILE)]
+    mapping = yaml.safe_load((out / LAUNCH_FILE).read_text())
     assert mapping == settings | {"model": str(tiny_checkpoint), "task": "basic_arithmetic", "chat": False,
                                   "problem_seed": 0, "output_dir": str(out), "run_name": "s-grpo", "wandb_mode": "off",
                                   "wandb_project": "sharpen", "wandb_group": "study-x", "task_args": []}
     # The child's merge of that file is the parent's merge of the study's settings.
-    child = grpo.parse_args(command[command.index("grpo") + 1:])
-    parent = grpo._from_mapping(grpo.study_mapping(settings, model=str(tiny_checkpoint), output_dir=out,
-                                                   run_name="s-grpo", wandb=wandb, **STUDY))
+    child = parse_args(command[command.index("grpo") + 1:])
+    parent = settings_from_mapping(study_mapping(settings, model=str(tiny_checkpoint), output_dir=out,
+                                                 run_name="s-grpo", wandb=wandb, **STUDY))
     assert (child.run, child.grpo, child.model_args) == (parent.run, parent.grpo, parent.model_args)
     assert child.model_args.use_peft and child.grpo["generation_batch_size"] is None
 

@@ -211,12 +211,12 @@ def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, 
 
 
 def test_rollout_kind_is_part_of_the_run_identity(tiny_checkpoint):
-    from sharpen.rl.stage import parse_args
+    from sharpen.cli.grpo import parse_args
 
     base = ["--model", "m", "--task", "testbed", "--output-dir", "o"]
     assert parse_args(base).run.rollouts == "sharpen"
     settings = parse_args(base + ["--rollouts", "trl"])
-    from sharpen.rl.stage import identity
+    from sharpen.rl.rundir import identity
 
     assert identity(settings, "m")["run"]["rollouts"] == "trl"
 

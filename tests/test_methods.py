@@ -1,16 +1,27 @@
-"""The method registry: a toy method added through the registry alone runs in a study; named instances."""
+"""The method registry: a toy method added through the registry alone runs in a study; named instances; the traits
+the analysis reads from the registry instead of testing a method's name.
+
+    python -m pytest -q tests/test_methods.py
+
+Methods from another installed package (entry points) are tested in tests/test_plugins.py.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
+from sharpen.analysis.entropy import token_entropy
+from sharpen.analysis.equal_compute import equal_compute_rows
+from sharpen.analysis.outcomes import Outcomes, reference_base
 from sharpen.runs.records import read_records
 from sharpen.cli import main
 from sharpen.sampling import SampleResult, eos_token_ids
-from sharpen.sampling.methods import Method, get_method, register, registered_methods, unregister
+from sharpen.sampling.methods import (Method, find_method, get_method, register_method, registered_methods,
+                                      unregister_method)
 
 
 @dataclass
@@ -45,10 +56,10 @@ def run_repeat(model, prompts, settings, *, seeds, on_result=None):
 
 @pytest.fixture
 def repeat_method():
-    method = register(Method("repeat_word", RepeatSettings, run_repeat, "repeats a word (a test method)",
-                             temperature=lambda s: 0.0))
+    method = register_method(Method("repeat_word", RepeatSettings, run_repeat, "repeats a word (a test method)",
+                                    temperature=lambda s: 0.0))
     yield method
-    unregister("repeat_word")
+    unregister_method("repeat_word")
 
 
 def test_the_built_in_methods_are_registered_once_with_their_settings():
@@ -56,9 +67,54 @@ def test_the_built_in_methods_are_registered_once_with_their_settings():
     assert get_method("power_mh").settings.__name__ == "PowerSamplingConfig"
     assert get_method("grpo").model == "rl" and get_method("base").model == "base"
     with pytest.raises(ValueError, match="already registered"):
-        register(Method("base", RepeatSettings, run_repeat, "another base"))
+        register_method(Method("base", RepeatSettings, run_repeat, "another base"))
     with pytest.raises(ValueError, match="unknown method 'nope': registered methods are base, low_temp"):
         get_method("nope")
+
+
+def test_the_traits_the_analysis_reads_live_on_the_method():
+    traits = {name: (m.model, m.plain_decoding, m.proposal_logprobs, m.equal_compute_reference,
+                     m.samples_base_distribution) for name in registered_methods() for m in [get_method(name)]}
+    assert traits["base"] == ("base", True, True, True, True)
+    assert traits["low_temp"] == ("base", True, False, True, False)
+    assert traits["grpo"] == ("rl", True, True, False, False)
+    for name in ("power_mh", "power_smc", "power_sps"):
+        assert traits[name] == ("base", False, False, False, False), name
+    assert get_method("low_temp").temperature(get_method("low_temp").make_settings(alpha=4.0)) == 0.25
+    assert find_method("not_installed_here") is None
+    # A trait that contradicts another is refused when the Method is made (a plug-in's import fails on it).
+    with pytest.raises(ValueError, match="proposal_logprobs needs plain_decoding"):
+        Method("odd", RepeatSettings, run_repeat, "per-token log-probs without per-token decoding",
+               proposal_logprobs=True)
+    with pytest.raises(ValueError, match="model must be one of base, rl"):
+        Method("odd", RepeatSettings, run_repeat, "samples a third model", model="teacher")
+
+
+@pytest.fixture
+def plain_twin():
+    """base under another name: plain decoding of the base model at temperature 1, per-token log q recorded."""
+    yield register_method(Method("plain_twin", RepeatSettings, run_repeat, "base under another name",
+                                 temperature=lambda s: 1.0, plain_decoding=True, proposal_logprobs=True))
+    unregister_method("plain_twin")
+
+
+def outcomes_of(kind: str) -> Outcomes:
+    """One problem, two samples (one right), 10 forward tokens each, made by method `kind`."""
+    return Outcomes(kind, kind, ["p0"], [np.array([True, False])], [["1", "2"]], [np.array([10.0, 10.0])], {"p0": 0})
+
+
+def test_the_analysis_reads_traits_not_names(repeat_method, plain_twin):
+    """A method with base's traits under another name is the reference base is; an unregistered one never is."""
+    runs = {kind: outcomes_of(kind) for kind in ("plain_twin", "repeat_word", "not_installed_here")}
+    assert reference_base(runs) == "plain_twin"
+    rows = equal_compute_rows(runs, n_resamples=100)
+    # plain_twin is the only reference and gets no row of its own; the unregistered method is compared to it
+    assert {(r["method"], r["reference"]) for r in rows} == {("repeat_word", "plain_twin"),
+                                                             ("not_installed_here", "plain_twin")}
+    record = {"completion_ids": [5, 6], "base_logprob_sum": -1.0, "temperature": 1.0}
+    assert token_entropy("plain_twin", {}, {"p0": [record]})[0]["value"] == pytest.approx(0.5)
+    entry, note = token_entropy("not_installed_here", {}, {"p0": [record]})
+    assert entry is None and "not registered in this process" in note
 
 
 def test_a_method_added_through_the_registry_alone_runs_in_a_study(testbed_dir, tmp_path, repeat_method):
@@ -94,3 +150,19 @@ def test_the_alpha_sweep_preset_runs_every_instance(testbed_dir, tmp_path):
             assert {r["temperature"] for r in records} == {1 / alpha}, name
     assert set(json.loads((out / "metrics.json").read_text())["methods"]) == set(names)
     assert "grpo" not in {p.name for p in out.iterdir()}  # no method samples an RL model: no GRPO stage
+
+
+def test_a_study_made_before_a_setting_existed_resumes_and_a_real_difference_still_shows():
+    """A setting added to a method since a study was written counts as its default (Method.with_defaults)."""
+    import copy
+
+    from sharpen.study.config import load_study_config
+    from sharpen.study.pipeline import _with_method_defaults
+
+    mine = load_study_config("testbed").identity()
+    saved = copy.deepcopy(mine)
+    power = next(i for i in saved["instances"] if i["method"] == "power_mh")
+    del power["settings"]["position"]
+    assert saved != mine and _with_method_defaults(copy.deepcopy(saved)) == mine
+    power["settings"]["mcmc_steps"] = 3
+    assert _with_method_defaults(saved) != mine

@@ -1,6 +1,6 @@
 """Power-MH with `position="entropy"` (decision points) is exact: checked by exact enumeration.
 
-    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 45 s on one core
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 40 s on one core
 
 The entropy rule picks the resampled position i with P(i | x) = w_i / W(x), w_i = 0.1 + max(0,
 H_i - H_{i-1}) (H_j: entropy of p at x[:j], H_{-1} = H_0; see sharpen/sampling/power.py), so the
@@ -15,19 +15,20 @@ exactness file's `exact_output`).
 On `power_model` (sharp: most entropies near 0) the entropy law is close to uniform, so there the
 uniform |x| term is nearly right (exact TV 0.001 after 10 steps); it is tested at alpha 2 on
 `model` instead. Figures: cells, the TV the test detects at p < 1e-3 (at p < 1e-12), the right
-rule's p, and each broken variant's exact TV from the right law and its p (N = 3000 chains):
+rule's p, and each broken variant's exact TV from the right law and its p (N = 3000 chains; a variant
+far enough away runs on fewer, marked [n], chosen by the exactness file's `chains_to_reject`):
 
   test                                cells  detects TV >=  right p  broken variants: exact TV, p
   (a,d) invariance, alpha 4, T 1/4,       5  0.048 (0.082)  0.65     no position term 0.108, 1e-67;
-        10 steps, power_model                                        reversed 0.265, < 1e-300;
+        10 steps, power_model                                        reversed 0.265, 9e-124 [1000];
                                                                      reverse left out 0.132, 3e-154
   (a,d) invariance, alpha 2, T 1,        27  0.063 (0.098)  0.64     uniform |x| term 0.082, 3e-16;
         4 steps, model                                               no position term 0.132, 5e-61;
-                                                                     reverse left out 0.179, 1e-141
+                                                                     reverse left out 0.179, 4e-90 [2000]
   (b) from the proposal, alpha 2,        27  0.063 (0.098)  0.73     uniform |x| term 0.098, 7e-31;
-      20 steps (law: 0.013 from p^2)                                 reverse left out 0.195, 4e-174
+      20 steps (law: 0.013 from p^2)                                 reverse left out 0.195, 3e-124 [2000]
   (e) blocks of 2, alpha 4, T 1/2,        5  0.048 (0.082)  0.61     reverse left out 0.114, 5e-108;
-      no stop (law 0.18 from p^4)                                    reversed 0.178, 3e-117
+      no stop (law 0.18 from p^4)                                    reversed 0.178, 2e-54 [1500]
 
 "reverse left out": log A keeps -log P(i | x) but drops log P(i | x').
 """
@@ -49,9 +50,9 @@ from sharpen.cli.sample import parse_args
 from sharpen.sampling import PowerSamplingConfig, power
 from test_power import PROMPTS as MIXED_PROMPTS, small
 from test_power_exactness import (  # noqa: F401  (model, power_model: fixtures)
-    CHAINS, FAIL, PASS, T, _no_position_term, _reversed_position_term, chi_square, completions, conditionals_of,
-    detectable_tv, exact_samples, finals, model, per_token, power_model, ratio_replaced_by, run_chains, tables,
-    target,
+    CHAINS, FAIL, PASS, T, _no_position_term, _reversed_position_term, chains_to_reject, chi_square, completions,
+    conditionals_of, detectable_tv, exact_samples, finals, model, per_token, power_model, ratio_replaced_by,
+    run_chains, tables, target,
 )
 
 
@@ -175,11 +176,16 @@ INVARIANCE = {  # id: (model fixture, alpha, proposal temperature, MH steps)
 }
 
 
-def invariance_run(request, setting):
+def invariance_target(request, setting):
+    name, alpha, _, _ = INVARIANCE[setting]
+    return target(conditionals_of(request.getfixturevalue(name)), alpha)
+
+
+def invariance_run(request, setting, n=CHAINS):
     name, alpha, temperature, steps = INVARIANCE[setting]
     model_ = request.getfixturevalue(name)
-    states, pi = target(conditionals_of(model_), alpha)
-    results = run_chains(model_, config(alpha, temperature, steps=steps), init=exact_samples(states, pi, CHAINS))
+    states, pi = invariance_target(request, setting)
+    results = run_chains(model_, config(alpha, temperature, steps=steps), n=n, init=exact_samples(states, pi, n))
     return results, states, pi
 
 
@@ -193,24 +199,26 @@ def test_entropy_rule_keeps_p_alpha_invariant(request, setting):
     assert detectable_tv(pi, CHAINS) < 0.065 and detectable_tv(pi, CHAINS, FAIL) < 0.1
 
 
-BROKEN_INVARIANCE = {  # id: (setting, variant); exact TV from p^alpha after the setting's steps
-    "alpha4-no-position-term": ("paper-alpha4", "no-position-term"),  # 0.108
-    "alpha4-reversed-position-term": ("paper-alpha4", "reversed-position-term"),  # 0.265
-    "alpha4-reverse-left-out": ("paper-alpha4", "reverse-left-out"),  # 0.132
-    "alpha2-uniform-position-term": ("alpha2-tau1", "uniform-position-term"),  # 0.082
-    "alpha2-no-position-term": ("alpha2-tau1", "no-position-term"),  # 0.132
-    "alpha2-reverse-left-out": ("alpha2-tau1", "reverse-left-out"),  # 0.179
+BROKEN_INVARIANCE = {  # id: (setting, variant, exact TV from p^alpha after the setting's steps)
+    "alpha4-no-position-term": ("paper-alpha4", "no-position-term", 0.108),
+    "alpha4-reversed-position-term": ("paper-alpha4", "reversed-position-term", 0.265),
+    "alpha4-reverse-left-out": ("paper-alpha4", "reverse-left-out", 0.132),
+    "alpha2-uniform-position-term": ("alpha2-tau1", "uniform-position-term", 0.082),
+    "alpha2-no-position-term": ("alpha2-tau1", "no-position-term", 0.132),
+    "alpha2-reverse-left-out": ("alpha2-tau1", "reverse-left-out", 0.179),
 }
 
 
 @pytest.mark.parametrize("case", list(BROKEN_INVARIANCE))
 def test_entropy_rule_invariance_rejects_broken_position_terms(request, monkeypatch, case):
-    """(d) The same invariance check rejects each wrong position term."""
-    setting, variant = BROKEN_INVARIANCE[case]
+    """(d) The same invariance check rejects each wrong position term (on fewer chains where the variant
+    is far enough away for them: `chains_to_reject`)."""
+    setting, variant, variant_tv = BROKEN_INVARIANCE[case]
+    n = chains_to_reject(invariance_target(request, setting)[1], variant_tv)
     BROKEN[variant](monkeypatch)
-    results, states, pi = invariance_run(request, setting)
+    results, states, pi = invariance_run(request, setting, n=n)
     p_value, tv = chi_square(finals(results), states, pi)
-    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
 
 
 CONVERGENCE_STEPS = 20
@@ -238,35 +246,39 @@ def test_entropy_rule_converges_from_the_proposal(model, convergence_law):
     assert detectable_tv(law, CHAINS) < 0.065 and detectable_tv(law, CHAINS, FAIL) < 0.1
 
 
-@pytest.mark.parametrize("variant", ["uniform-position-term", "reverse-left-out"])
-def test_entropy_rule_convergence_rejects_broken_position_terms(model, convergence_law, monkeypatch, variant):
+@pytest.mark.parametrize("variant, variant_tv", [("uniform-position-term", 0.098), ("reverse-left-out", 0.195)])
+def test_entropy_rule_convergence_rejects_broken_position_terms(model, convergence_law, monkeypatch, variant,
+                                                                variant_tv):
     """(b) The same check against the right law rejects the uniform term (0.098 away) and the missing
     reverse probability (0.195)."""
     states, _, law = convergence_law
+    n = chains_to_reject(law, variant_tv)
     BROKEN[variant](monkeypatch)
-    results = run_chains(model, config(steps=CONVERGENCE_STEPS))
+    results = run_chains(model, config(steps=CONVERGENCE_STEPS), n=n)
     p_value, tv = chi_square(finals(results), states, law)
-    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
 
 
 def blocks_config():
     return config(4.0, 0.5, block_size=2, steps=4, stop_on_eos=False)
 
 
-@pytest.mark.parametrize("variant", [None, "reverse-left-out", "reversed-position-term"])
-def test_entropy_rule_over_blocks_follows_its_exact_law(power_model, monkeypatch, variant):
+@pytest.mark.parametrize("variant, variant_tv", [(None, 0.0), ("reverse-left-out", 0.114),
+                                                ("reversed-position-term", 0.178)])
+def test_entropy_rule_over_blocks_follows_its_exact_law(power_model, monkeypatch, variant, variant_tv):
     """(e) Blocks of 2 (positions of the first block stay choosable in the second), alpha 4, T 1/2:
     the output follows the exact law (0.18 from p^4); broken terms (0.114 / 0.178 away) fail."""
     law = output_law(monkeypatch, conditionals_of(power_model), 4.0, 0.5, block_size=2, steps=4)
+    n = chains_to_reject(law, variant_tv) if variant else CHAINS
     if variant:
         BROKEN[variant](monkeypatch)
-    results = run_chains(power_model, blocks_config())
+    results = run_chains(power_model, blocks_config(), n=n)
     p_value, tv = chi_square(finals(results), completions(T), law)
     if variant is None:
         assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
         assert detectable_tv(law, CHAINS) < 0.05 and detectable_tv(law, CHAINS, FAIL) < 0.085
     else:
-        assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+        assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
 
 
 # ---------------------------------------------------------------------------------------------

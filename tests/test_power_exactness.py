@@ -1,6 +1,6 @@
 """Power-MH is exact: checked against p(x)^alpha computed by enumerating every completion.
 
-    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_exactness.py           # about 70 s on one core
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_exactness.py           # about 55 s on one core
     OMP_NUM_THREADS=1 python -m pytest -q -m slow tests/test_power_exactness.py   # refill at batch_size 7, ~40 s
 
 The models are tiny random Llamas with a 4-token vocabulary (EOS = 1) and 4 new tokens, so there
@@ -31,19 +31,23 @@ cells), so `detectable_tv` gives the smallest TV at which every alternative fail
 probability >= 0.9 (noncentral chi-square). "Detects TV >= a (b)" below: any sampler error of TV
 a or more fails the p > 1e-3 check, and any broken variant b or more away fails p < 1e-12, each
 with probability >= 0.9. Each chi-square test also asserts a bound on its own figure, so a change
-of model or sample size cannot quietly blunt it. Figures and outcomes (N = 3000 chains each):
+of model or sample size cannot quietly blunt it. Figures and outcomes (N = 3000 chains each; a broken
+variant far enough away runs on fewer, marked [n], chosen by `chains_to_reject` so that its guarantee
+is 1.5 times below the variant's exact TV):
 
   test                                       cells  detects TV >=  right rule p   broken variants: p
-  (a,d) invariance, alpha 4, T 1/4, 10 steps    5   0.048 (0.082)  0.91           reversed position term, reference
-                                                                                  ratio, ignored temperature < 1e-300;
+  (a,d) invariance, alpha 4, T 1/4, 10 steps    5   0.048 (0.082)  0.91           reversed position term 4e-161,
+                                                                                  reference ratio 1e-161, ignored
+                                                                                  temperature 3e-120 [1000 each];
                                                                                   no position term 4e-62, truncation
                                                                                   only 1e-72
-  (a,d) invariance, alpha 2, T 1, 4 steps      27   0.063 (0.098)  0.87           reference ratio 4e-161, truncation
-                                                                                  only 2e-18, no position term 1e-44
+  (a,d) invariance, alpha 2, T 1, 4 steps      27   0.063 (0.098)  0.87           reference ratio 7e-54 [1000],
+                                                                                  truncation only 2e-18, no position
+                                                                                  term 1e-44
   (b) from the proposal, alpha 2, 20 steps     27   0.063 (0.098)  0.03           the proposal alone < 1e-12
   (c) blocks of 3, alpha 2, no stop / stop  27 / 25  0.063 (0.098)  0.11 / 0.49    (stop vs p^alpha < 1e-12)
   (e) blocks of 2, alpha 4: paper schedule      5   0.048 (0.082)  0.68 / 0.73    ignored temperature 8e-51, reference
-      T 1/4 / no stop T 1/2, 4 steps each                                         ratio 2e-159 (no stop, T 1/2)
+      T 1/4 / no stop T 1/2, 4 steps each                                         ratio 2e-76 [1500] (no stop, T 1/2)
   (f) top-k 2 / top-p 0.6, alpha 2, T 1/2   16 / 8  0.057 (0.092)  0.44 / 0.94    log q before the cut: 6e-80 / 6e-68
                                                     0.051 (0.085)
   (g) refill: 2 prompts, batch_size 50          8   0.050 (0.084)  0.66, each     refilled row keeps the previous
@@ -271,6 +275,16 @@ def detectable_tv(expected, n, level=PASS, ddof=0, power_=0.9) -> float:
     return math.sqrt(lam / (4 * n))
 
 
+def chains_to_reject(expected, variant_tv, margin=1.5) -> int:
+    """The fewest chains (of 1000, 1500, 2000, CHAINS) at which a variant `variant_tv` away from `expected`
+    fails the p < 1e-12 check with probability >= 0.9, with `margin` to spare: a variant far from the law
+    is caught by fewer chains than the right rule needs to pass (chains cost time in proportion)."""
+    for n in (1000, 1500, 2000):
+        if margin * detectable_tv(expected, n, FAIL) <= variant_tv:
+            return n
+    return CHAINS
+
+
 def finals(results) -> list[tuple[int, ...]]:
     return [tuple(r.token_ids) for r in results]
 
@@ -419,15 +433,15 @@ def test_mh_steps_keep_p_alpha_invariant(request, setting):
     assert detectable_tv(pi, CHAINS) < 0.065 and detectable_tv(pi, CHAINS, FAIL) < 0.1
 
 
-BROKEN_RULES = {  # id: (invariance setting, patch); exact TV from p^alpha after the setting's steps
-    "reference-ratio": ("alpha2-tau1", ratio_replaced_by(_reference_ratio)),  # 0.248
-    "truncation-only": ("alpha2-tau1", ratio_replaced_by(_truncated_only)),  # 0.079
-    "no-position-term": ("alpha2-tau1", ratio_replaced_by(_no_position_term)),  # 0.129
-    "alpha4-reversed-position-term": ("paper-alpha4", ratio_replaced_by(_reversed_position_term)),  # 0.260
-    "alpha4-no-position-term": ("paper-alpha4", ratio_replaced_by(_no_position_term)),  # 0.106
-    "alpha4-reference-ratio": ("paper-alpha4", ratio_replaced_by(_reference_ratio)),  # 0.264
-    "alpha4-truncation-only": ("paper-alpha4", ratio_replaced_by(_truncated_only)),  # 0.094
-    "alpha4-ignored-temperature": ("paper-alpha4", IGNORED_TEMPERATURE),  # 0.358
+BROKEN_RULES = {  # id: (invariance setting, patch, exact TV from p^alpha after the setting's steps)
+    "reference-ratio": ("alpha2-tau1", ratio_replaced_by(_reference_ratio), 0.248),
+    "truncation-only": ("alpha2-tau1", ratio_replaced_by(_truncated_only), 0.079),
+    "no-position-term": ("alpha2-tau1", ratio_replaced_by(_no_position_term), 0.129),
+    "alpha4-reversed-position-term": ("paper-alpha4", ratio_replaced_by(_reversed_position_term), 0.260),
+    "alpha4-no-position-term": ("paper-alpha4", ratio_replaced_by(_no_position_term), 0.106),
+    "alpha4-reference-ratio": ("paper-alpha4", ratio_replaced_by(_reference_ratio), 0.264),
+    "alpha4-truncation-only": ("paper-alpha4", ratio_replaced_by(_truncated_only), 0.094),
+    "alpha4-ignored-temperature": ("paper-alpha4", IGNORED_TEMPERATURE, 0.358),
 }
 
 
@@ -436,16 +450,20 @@ def test_wrong_acceptance_rules_are_rejected(request, monkeypatch, variant):
     """(d) The invariance check of (a) rejects each broken rule on the same model.
 
     Exact TVs from p^alpha after the setting's steps are noted in BROKEN_RULES; each is above the
-    0.082 (alpha 4) / 0.098 (alpha 2) that guarantees the p < 1e-12 rejection, but truncation-only at
-    alpha 2 (0.079), rejected all the same because its error sits on rare cells.
+    0.082 (alpha 4) / 0.098 (alpha 2) that guarantees the p < 1e-12 rejection at 3000 chains, but
+    truncation-only at alpha 2 (0.079), rejected all the same because its error sits on rare cells.
+    The variants 0.25 or more away need only 1000 chains (guarantee 0.142 / 0.161, `chains_to_reject`);
+    the others keep 3000.
     The ignored temperature (log q scored at temperature 1, i.e. log q = log p) leaves every
     temperature-1 test blind: it is caught here, at T = 1/4, and in (e) at T = 1/2.
     """
-    setting, patch = BROKEN_RULES[variant]
+    setting, patch, variant_tv = BROKEN_RULES[variant]
+    name, alpha, _, _ = INVARIANCE[setting]
+    n = chains_to_reject(target(conditionals_of(request.getfixturevalue(name)), alpha)[1], variant_tv)
     patch(monkeypatch)
-    results, states, pi = invariance_run(request, setting)
+    results, states, pi = invariance_run(request, setting, n=n)
     p_value, tv = chi_square(finals(results), states, pi)
-    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
 
 
 def test_converges_from_the_proposal(model, conditionals):
@@ -521,9 +539,9 @@ def test_several_blocks_follow_their_exact_law(power_model, power_conditionals, 
     assert detectable_tv(expected, CHAINS) < 0.05 and detectable_tv(expected, CHAINS, FAIL) < 0.085
 
 
-BROKEN_BLOCKS = {  # id: patch; exact TV from the right law of no-stop-T1/2
-    "ignored-temperature": IGNORED_TEMPERATURE,  # 0.112
-    "reference-ratio": ratio_replaced_by(_reference_ratio),  # 0.183
+BROKEN_BLOCKS = {  # id: (patch, exact TV from the right law of no-stop-T1/2)
+    "ignored-temperature": (IGNORED_TEMPERATURE, 0.112),  # 3000 chains (guarantee 0.082)
+    "reference-ratio": (ratio_replaced_by(_reference_ratio), 0.183),  # 1500 chains suffice (guarantee 0.116)
 }
 
 
@@ -531,10 +549,12 @@ BROKEN_BLOCKS = {  # id: patch; exact TV from the right law of no-stop-T1/2
 def test_several_blocks_reject_broken_rules(power_model, power_conditionals, monkeypatch, variant):
     """(e) The same check rejects log q scored at temperature 1 and the reference code's ratio."""
     expected = blocks_law(power_conditionals, "no-stop-T1/2")
-    BROKEN_BLOCKS[variant](monkeypatch)
-    results = run_chains(power_model, blocks_config("no-stop-T1/2"))
+    patch, variant_tv = BROKEN_BLOCKS[variant]
+    n = chains_to_reject(expected, variant_tv)
+    patch(monkeypatch)
+    results = run_chains(power_model, blocks_config("no-stop-T1/2"), n=n)
     p_value, tv = chi_square(finals(results), completions(T), expected)
-    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
 
 
 TRUNCATION = {"top-k-2": dict(top_k=2), "top-p-0.6": dict(top_p=0.6)}  # alpha 2, temperature 1/2, 6 steps

@@ -17,9 +17,9 @@ import torch
 
 from sharpen.errors import UsageError
 from sharpen.tasks import get_task
-from sharpen.testbed import corpus
+from sharpen.tasks import testbed_corpus as corpus
 from sharpen.testbed import train as train_module
-from sharpen.testbed.corpus import (DOUBLE, EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions,
+from sharpen.tasks.testbed_corpus import (DOUBLE, EOS, GUESS, SLIP, TOKEN_ID, VOCAB, enumerate_completions,
                                         exact_figures, extract_answer, generate_problems, is_posed,
                                         sample_documents, split_of, teacher_next)
 
@@ -274,7 +274,8 @@ def test_tokenizer_reads_and_writes_the_corpus():
 
 def test_kind_figures_split_a_run_by_kind(tmp_path, capsys):
     """pass@k per (method, kind) from the records: ids name the kind; k stops at the samples there are."""
-    from sharpen.testbed.kinds import kind_figures, main
+    from sharpen.cli import main
+    from sharpen.testbed.kinds import kind_figures
 
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -287,8 +288,8 @@ def test_kind_figures_split_a_run_by_kind(tmp_path, capsys):
     twice = figures["base"]["twice"]
     assert (twice["problems"], twice["samples"]) == (1, 4) and set(twice["pass@k"]) == {"1", "4"}
     assert twice["pass@k"]["1"][0] == 0.25 and twice["pass@k"]["4"][0] == 1.0
-    assert main([str(tmp_path)]) == 0 and "| base | twice | 1 x 4 |" in capsys.readouterr().out
-    assert main([str(tmp_path / "nothing")]) == 2
+    assert main(["kinds", str(tmp_path)]) == 0 and "| base | twice | 1 x 4 |" in capsys.readouterr().out
+    assert main(["kinds", str(tmp_path / "nothing")]) == 2
 
 
 # ----- building and caching (a few training steps into a temporary directory) --------------

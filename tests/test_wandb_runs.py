@@ -1,19 +1,21 @@
-"""wandb that compares methods: one run per method instance with the same summary keys, read back offline.
+"""wandb that compares methods: what sharpen hands to wandb, one run per method instance with the same keys.
 
     python -m pytest -q tests/test_wandb_runs.py
 
 The analysis of test_analysis_cli's run directory (instances base, low_temp, power_mh_a2,
-grpo) plus a low_temp instance with 2 samples per problem is logged offline; the test reads
-RUN_DIR/wandb/offline-run-*/run-<id>.wandb (wandb's LevelDB-style log of protobuf records,
-which offline mode writes instead of config.yaml / wandb-summary.json) and checks the runs,
-their config and their keys.
+grpo) plus a low_temp instance with 2 samples per problem is logged in mode offline with
+`wandb.init` replaced by a recorder: the tests check what sharpen passes to wandb (the
+arguments of each wandb.init, the summary it updates, what it logs, that it finishes each
+run), not the files wandb writes from them (its private format). wandb's own Table, Histogram,
+Image and line_series objects are built for real, so their public attributes are checked too.
+Mode off must never import wandb.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import struct
+import os
 import sys
 from pathlib import Path
 
@@ -22,71 +24,61 @@ import pytest
 from sharpen.analysis import AnalysisConfig, analyze
 from sharpen.analysis.pipeline import study_name
 from sharpen.analysis.runs import load_run
-from sharpen.analysis.wandb_log import flatten, log_method_runs, method_summary
+from sharpen.analysis.wandb_log import SAMPLES_PER_METHOD, flatten, log_method_runs, method_summary
 from sharpen.runs.tracking import RUN_IDS_FILE, WandbConfig
-from test_analysis_cli import FAST, _copy, checkpoint, sample_records, sampled_run, write_method  # noqa: F401
-
-BLOCK = 32768  # the log's block size; a record never straddles a block's 7-byte header
-
-
-def wandb_records(path: Path):
-    """The protobuf Records of one .wandb file (header ':W&B' + magic + version, then log blocks)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a wandb transaction log"
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:  # the block's tail is padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            pos += left
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 1:  # a full record
-            yield pb.Record.FromString(chunk)
-        elif kind in (2, 3):  # first, middle
-            pending += chunk
-        elif kind == 4:  # last
-            yield pb.Record.FromString(pending + chunk)
-            pending = b""
+from test_analysis_cli import (FAST, NAMES, _copy, checkpoint, sample_records, sampled_run,  # noqa: F401
+                               write_method)
 
 
-def read_offline_run(run_dir: Path) -> dict:
-    """One offline run directory as {id, name, job_type, group, config, summary, charts}."""
-    (log,) = run_dir.glob("run-*.wandb")
-    out = {"config": {}, "summary": {}, "charts": {}}
-    for record in wandb_records(log):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-            out.update(id=run.run_id, name=run.display_name, job_type=run.job_type, group=run.run_group)
-            out["config"].update({i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"})
-        elif kind == "config":
-            for item in record.config.update:
-                if list(item.nested_key[:2]) == ["_wandb", "visualize"]:  # a custom chart such as line_series
-                    out["charts"][item.nested_key[2]] = json.loads(item.value_json)
-                elif item.key and item.key != "_wandb":
-                    out["config"][item.key] = json.loads(item.value_json)
-        elif kind == "summary":
-            for item in record.summary.update:  # a logged table or histogram comes as nested keys
-                key = item.key or item.nested_key[0]
-                if not key.startswith("_"):
-                    out["summary"][key] = json.loads(item.value_json) if item.key else "media"
-    return out
+class RecordedRun:
+    """Stands in for the run wandb.init returns; keeps what sharpen hands to it."""
+
+    def __init__(self, init: dict):
+        self.init = init  # wandb.init's keyword arguments
+        self.id = init["id"]
+        self.dir = str(Path(init["dir"]) / "wandb" / f"recorded-{self.id}" / "files")
+        self.summary: dict = {}
+        self.logged: list[dict] = []
+        self.finished = False
+
+    def log(self, data: dict, *args, **kwargs):
+        assert not self.finished, "logged into a finished run"
+        self.logged.append(dict(data))
+
+    def finish(self, *args, **kwargs):
+        self.finished = True
+
+    @property
+    def final(self) -> dict:
+        """What wandb's summary would hold: the summary updates, then the last value of each logged key."""
+        out = dict(self.summary)
+        for data in self.logged:
+            out.update(data)
+        return out
 
 
-def offline_runs(run_dir: Path) -> list[dict]:
-    return [dict(read_offline_run(d), dir=d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
+def record_wandb(monkeypatch) -> list[RecordedRun]:
+    import wandb
+
+    runs = []
+
+    def init(**kwargs):
+        runs.append(RecordedRun(kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    return runs
+
+
+@pytest.fixture
+def wandb_runs(monkeypatch):
+    return record_wandb(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def logged_run(sampled_run, checkpoint, tmp_path_factory):
     """test_analysis_cli's run + low_temp_n2 (2 samples per problem) + power_mh_a2 with its real settings,
-    analysed with wandb offline."""
+    analysed with wandb offline into a recorder."""
     from sharpen.sampling.methods import get_method
 
     run_dir = _copy(sampled_run, tmp_path_factory.mktemp("wandb"))
@@ -97,32 +89,42 @@ def logged_run(sampled_run, checkpoint, tmp_path_factory):
     settings = dataclasses.asdict(get_method("power_mh").settings(alpha=2.0, mcmc_steps=3))
     config.update(settings=settings, run=dict(config["run"], num_samples=4, num_problems=5, split="test"))
     path.write_text(json.dumps(config))
-    metrics = analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"),
-                      progress=False)
-    return run_dir, metrics, settings
+    with pytest.MonkeyPatch.context() as patch:
+        runs = record_wandb(patch)
+        metrics = analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"),
+                          progress=False)
+    return run_dir, metrics, settings, runs
 
 
 def test_one_run_per_method_with_the_same_summary_keys_and_its_settings_as_config(logged_run):
-    run_dir, metrics, settings = logged_run
+    import wandb
+
+    run_dir, metrics, settings, runs = logged_run
     saved = json.loads((run_dir / "metrics.json").read_text())
     names = list(saved["methods"])
     assert names == ["base", "low_temp", "low_temp_n2", "power_mh_a2", "grpo"]
-    runs = offline_runs(run_dir)
-    methods = {r["config"]["instance"]: r for r in runs if r["job_type"] == "method"}
-    (analysis,) = [r for r in runs if r["job_type"] == "analysis"]
+    methods = {r.init["config"]["instance"]: r for r in runs if r.init["job_type"] == "method"}
+    (analysis,) = [r for r in runs if r.init["job_type"] == "analysis"]
     assert len(runs) == len(names) + 1 and sorted(methods) == sorted(names)
+    assert [r.init["name"] for r in runs] == [f"demo-{n}" for n in names] + ["demo-analysis"]  # methods first
     ids = json.loads((run_dir / RUN_IDS_FILE).read_text())
     assert metrics["wandb_runs"] == {**{n: ids[f"demo-{n}"] for n in names}, "analysis": ids["demo-analysis"]}
+    project = os.environ.get("WANDB_PROJECT", "sharpen")
+    for r in runs:  # every run: offline, in the run directory, resumable under its kept id, and finished
+        assert r.init["mode"] == "offline" and r.init["dir"] == str(run_dir) and r.init["project"] == project
+        assert r.init["id"] == ids[r.init["name"]] and r.init["resume"] == "allow" and r.finished
 
     for name, r in methods.items():
         m = saved["methods"][name]
-        assert r["name"] == f"demo-{name}" and r["group"] == "study-x" and r["id"] == metrics["wandb_runs"][name]
-        assert r["dir"].name.endswith(r["id"])
-        assert r["config"]["method"] == m["kind"] and r["config"]["study"] == "demo"
-        assert r["config"]["task"] == "toy" and r["config"]["num_problems"] == 5
-        assert r["config"]["num_samples"] == m["samples_per_problem"]["max"]
-        assert r["config"]["base_model"] == saved["base_model"]
-        s = r["summary"]
+        assert r.init["name"] == f"demo-{name}" and r.init["group"] == "study-x"
+        assert r.id == metrics["wandb_runs"][name]
+        assert r.init["settings"].silent  # one banner per method run would drown the terminal
+        config = r.init["config"]
+        assert config["method"] == m["kind"] and config["study"] == "demo"
+        assert config["task"] == "toy" and config["num_problems"] == 5
+        assert config["num_samples"] == m["samples_per_problem"]["max"]
+        assert config["base_model"] == saved["base_model"]
+        s = r.final
         assert s["accuracy"] == pytest.approx(m["accuracy"]["value"])
         assert s["accuracy_low"] == pytest.approx(m["accuracy"]["low"])
         assert [s[f"pass@{k}"] for k in m["pass_at_k"]["k"]] == pytest.approx(m["pass_at_k"]["value"])
@@ -133,12 +135,19 @@ def test_one_run_per_method_with_the_same_summary_keys_and_its_settings_as_confi
         assert s["cost/forward_tokens_per_completion"] == pytest.approx(m["cost"]["forward_tokens"]["per_sample"])
         assert s["cost/wall_seconds"] == pytest.approx(m["cost"]["wall_seconds"]["total"])
         assert s["problems"] == 5 and s["samples"] == m["samples"]
+        # The media: a histogram of every scored record, and a table of the first samples, one row each.
+        histogram = s["histograms/base_logprob_mean"]
+        assert isinstance(histogram, wandb.Histogram) and sum(histogram.histogram) == m["base_scores"]["scored"]
+        table = s["tables/samples"]
+        assert isinstance(table, wandb.Table) and table.columns[:3] == ["method", "problem_id", "sample_idx"]
+        assert len(table.data) == min(m["samples"], SAMPLES_PER_METHOD) and {row[0] for row in table.data} == {name}
 
     # The settings are flat config keys, named as in the settings dataclass.
-    power = methods["power_mh_a2"]["config"]
+    power = methods["power_mh_a2"].init["config"]
     assert {k: power[k] for k in settings} == settings
     assert power["alpha"] == 2.0 and power["mcmc_steps"] == 3 and power["split"] == "test"
-    assert methods["low_temp"]["config"]["temperature"] == 0.25 and "alpha" not in methods["base"]["config"]
+    assert methods["low_temp"].init["config"]["temperature"] == 0.25
+    assert "alpha" not in methods["base"].init["config"]
 
     # Every method run has the same summary keys: only pass@k beyond a method's samples per
     # problem, GRPO's training cost, and what does not apply (support against base, for base itself;
@@ -146,11 +155,11 @@ def test_one_run_per_method_with_the_same_summary_keys_and_its_settings_as_confi
     not_everywhere = ("cost/training_", "support/", "entropy/token")
 
     def comparable(r):
-        n = saved["methods"][r["config"]["instance"]]["samples_per_problem"]["min"]
-        return {k for k in r["summary"] if not k.startswith(not_everywhere)} | {f"pass@{k}" for k in range(n + 1, 5)}
+        n = saved["methods"][r.init["config"]["instance"]]["samples_per_problem"]["min"]
+        return {k for k in r.final if not k.startswith(not_everywhere)} | {f"pass@{k}" for k in range(n + 1, 5)}
 
-    assert "support/retention" in methods["low_temp"]["summary"] and "entropy/token" in methods["base"]["summary"]
-    assert "entropy/answer" in methods["power_mh_a2"]["summary"]
+    assert "support/retention" in methods["low_temp"].final and "entropy/token" in methods["base"].final
+    assert "entropy/answer" in methods["power_mh_a2"].final
 
     keys = comparable(methods["base"])
     for name, r in methods.items():
@@ -159,45 +168,70 @@ def test_one_run_per_method_with_the_same_summary_keys_and_its_settings_as_confi
             "base_confidence", "base_self_certainty", "diversity/distinct_2", "cost/sampled_tokens",
             "cost/forward_tokens", "cost/forward_tokens_per_completion", "cost/wall_seconds",
             "histograms/base_logprob_mean", "tables/samples"} <= keys
-    assert "pass@3" not in methods["low_temp_n2"]["summary"]
-    assert methods["grpo"]["summary"]["cost/training_rollout_tokens"] == 4096
+    assert "pass@3" not in methods["low_temp_n2"].final
+    assert methods["grpo"].final["cost/training_rollout_tokens"] == 4096
 
     # The analysis run keeps the paired tests and every method as <method>/<key>, and draws pass@k
     # as one line per method over that method's own ks.
-    s = analysis["summary"]
-    assert analysis["name"] == "demo-analysis" and analysis["group"] == "study-x"
+    s = analysis.final
+    assert analysis.init["name"] == "demo-analysis" and analysis.init["group"] == "study-x"
+    assert analysis.init["config"] == {"run_dir": str(run_dir), "study": "demo", "methods": names,
+                                       **saved["settings"]}
+    assert metrics["wandb_dir"] == analysis.dir
     pair = next(e for e in saved["paired"] if (e["a"], e["b"]) == ("base", "power_mh_a2"))
     assert s["paired/power_mh_a2-base/diff"] == pytest.approx(pair["diff"])
     assert s["paired/power_mh_a2-base/p_holm"] == pytest.approx(pair["p_holm"])
     assert {k for k in s if k.startswith("low_temp_n2/")} == {f"low_temp_n2/{k}" for k in
-                                                             methods["low_temp_n2"]["summary"]
+                                                             methods["low_temp_n2"].final
                                                              if not k.startswith(("histograms/", "tables/"))}
-    chart = analysis["charts"]["charts/pass_at_k"]
-    assert chart["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
-    (table_file,) = (analysis["dir"] / "files" / "media" / "table" / "charts").glob("pass_at_k_table_*.table.json")
-    table = json.loads(table_file.read_text())
+    assert {k for k in s if k.startswith("plots/")} == {f"plots/{k}" for k in saved["plots"]}
+    assert all(isinstance(s[f"plots/{k}"], wandb.Image) for k in saved["plots"])
+    chart = s["charts/pass_at_k"]
+    assert chart.spec.spec_name == "wandb/lineseries/v0"
     series = {}
-    for k, method, value in (dict(zip(table["columns"], row)).values() for row in table["data"]):
+    for k, method, value in (dict(zip(chart.table.columns, row)).values() for row in chart.table.data):
         series.setdefault(method, []).append((k, value))
     assert {m: [k for k, _ in v] for m, v in series.items()} == {m: saved["methods"][m]["pass_at_k"]["k"]
                                                                 for m in names}
     assert [v for _, v in series["grpo"]] == pytest.approx(saved["methods"]["grpo"]["pass_at_k"]["value"])
+    table = s["tables/pass_at_k"]
+    assert table.columns == ["method", "k", "pass_at_k", "low", "high"]
+    assert len(table.data) == sum(len(m["pass_at_k"]["k"]) for m in saved["methods"].values())
 
 
-def test_analysing_again_resumes_the_same_runs(logged_run, tmp_path):
+def test_analysing_again_resumes_the_same_runs(logged_run, tmp_path, wandb_runs):
     run_dir = _copy(logged_run[0], tmp_path)
-    before = {r["id"] for r in offline_runs(run_dir)}
+    before = {r.init["name"]: r for r in logged_run[3]}
     kept = json.loads((run_dir / RUN_IDS_FILE).read_text())
     analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"), progress=False)
-    runs = offline_runs(run_dir)
-    # Offline, each analysis writes its own directory per run, with the run's kept id (online: one run).
-    assert len(runs) == 2 * len(before) and {r["id"] for r in runs} == before == set(kept.values())
+    # Each run starts again under its kept id with resume allowed: online, the one run is updated in place.
+    assert {r.init["name"]: r.id for r in wandb_runs} == {name: r.id for name, r in before.items()} == kept
+    assert all(r.init["resume"] == "allow" and r.finished for r in wandb_runs)
     assert json.loads((run_dir / RUN_IDS_FILE).read_text()) == kept
-    for run_id in before:
-        first, second = (r for r in runs if r["id"] == run_id)
-        assert set(first["summary"]) == set(second["summary"]), set(first["summary"]) ^ set(second["summary"])
+    for second in wandb_runs:
+        first = before[second.init["name"]]
+        assert set(first.final) == set(second.final), set(first.final) ^ set(second.final)
         same = lambda config: {k: v for k, v in config.items() if k != "run_dir"}  # noqa: E731 (a copy)
-        assert same(first["config"]) == same(second["config"])
+        assert same(first.init["config"]) == same(second.init["config"])
+
+
+def test_the_analysis_run_is_named_and_grouped_and_off_never_imports_wandb(sampled_run, tmp_path, monkeypatch,
+                                                                          wandb_runs):
+    run_dir = _copy(sampled_run, tmp_path)
+    metrics = analyze(run_dir, AnalysisConfig(**FAST), wandb=WandbConfig(mode="offline", group="study-x"),
+                      wandb_name="my-analysis", progress=False)
+    # One run per method instance plus the analysis run, which carries the name asked for.
+    assert len(wandb_runs) == len(NAMES) + 1
+    (analysis,) = [r for r in wandb_runs if r.init["job_type"] == "analysis"]
+    assert analysis.init["name"] == "my-analysis" and analysis.init["group"] == "study-x"
+    assert analysis.init["mode"] == "offline" and analysis.finished
+    assert metrics["wandb_dir"] == analysis.dir and metrics["wandb_runs"]["analysis"] == analysis.id
+    assert json.loads((run_dir / RUN_IDS_FILE).read_text())["my-analysis"] == analysis.id
+    # Off, or no wandb config at all: wandb is never imported (an import of it here would fail).
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    for wandb in (None, WandbConfig(mode="off")):
+        assert analyze(run_dir, AnalysisConfig(**FAST), wandb=wandb, progress=False)["wandb_dir"] is None
+    assert len(wandb_runs) == len(NAMES) + 1 and not (run_dir / "wandb").exists()
 
 
 def test_method_summary_logs_the_interval_entries_it_finds_and_skips_missing_ones():

@@ -4,6 +4,9 @@
     entry = boundary(outcomes["base"], outcomes["grpo"])
     entry["only_a"], entry["only_b"], entry["both"], entry["neither"], entry["net"]   # {"value", "low", "high"}
 
+`sharpen analyze RUN_DIR` puts one entry per pair in metrics.json (boundary), report.md
+("Reasoning boundary") and plots/boundary.png.
+
 For a pair (A, B) on their shared problems, k is the smaller of the two methods' sample
 counts (the smallest over those problems). A problem counts as solved by A with the
 probability pass@k_A (the unbiased estimator on all of A's samples of it), and the two

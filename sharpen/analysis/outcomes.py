@@ -9,6 +9,10 @@
 sharpen.analysis.boundary, sharpen.analysis.equal_compute and sharpen.analysis.entropy read these arrays instead of
 the records, so the records are walked once per method. Answers are normalised as
 stats.majority_vote_score does it (str, whitespace stripped; empty counts as no answer).
+`kind` is the method that made the records; `trait(name)` reads that method's traits from the
+registry (sharpen.sampling.methods), and is False for a method this process has not registered
+(records of a plug-in not installed here): such an instance is analysed as a sampler of unknown
+kind, never as a reference.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sharpen.sampling.methods import find_method
 
 from .stats import pass_at_k_matrix
 
@@ -75,6 +81,18 @@ class Outcomes:
         """(P,) fraction of correct samples per problem."""
         return self.c / self.n
 
+    def trait(self, name: str) -> bool:
+        """Trait `name` of the method that made the records (sharpen.sampling.methods.Method); False when
+        this process has not registered that method.
+
+        >>> Outcomes("b", "base", [], [], [], []).trait("samples_base_distribution")
+        True
+        >>> Outcomes("m", "not_installed_here", [], [], [], []).trait("equal_compute_reference")
+        False
+        """
+        method = find_method(self.kind)
+        return bool(method is not None and getattr(method, name))
+
     def rows(self, pids) -> np.ndarray:
         return np.array([self._rows[p] for p in pids], dtype=np.int64)
 
@@ -108,11 +126,12 @@ def shared_problems(a: Outcomes, b: Outcomes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_base(outcomes: dict[str, Outcomes]) -> str | None:
-    """The instance the base comparisons use: of kind base, the one with the most samples per problem
-    (large k is what the crossover and the boundary are about), the one named `base` among equals, else None."""
-    candidates = [(name, o) for name, o in outcomes.items() if o.kind == "base"]
+    """The instance the base comparisons use: of those sampling the base distribution itself, the one with the
+    most samples per problem (large k is what the crossover and the boundary are about), among equals the
+    method's default instance (named after it, e.g. `base`), else None."""
+    candidates = [(name, o) for name, o in outcomes.items() if o.trait("samples_base_distribution")]
     if not candidates:
         return None
     def samples(o):
         return int(np.min(o.n)) if len(o.n) else 0
-    return max(candidates, key=lambda item: (samples(item[1]), item[0] == "base"))[0]
+    return max(candidates, key=lambda item: (samples(item[1]), item[0] == item[1].kind))[0]

@@ -16,19 +16,29 @@ every process scores a share; the main process alone writes the results.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from sharpen.errors import UsageError
 from sharpen.runs.files import resolve_local, write_atomic, write_text_atomic
 from sharpen.runs.locks import hold_run_dir
 from sharpen.runs.processes import current_shard
 from sharpen.runs.tracking import WandbConfig, start_run
+from sharpen.sampling.methods import find_method
 
+from .diversity import Embedder, embedding_model_available
+from .metrics import clean_for_json, compute_metrics
+from .plots import make_plots
+from .report import render_report
 from .runs import Run, attach_scores, load_run
+from .scoring import score_run
+from .wandb_log import log_method_runs, log_to_wandb
 
 EMBEDDINGS = ("auto", "on", "off")
 
@@ -69,23 +79,23 @@ class AnalysisConfig:
 def default_base_model(run: Run) -> str | None:
     """The model every method not sampling a GRPO model was sampled from, per their config files.
 
-    UsageError when they name different models (then the user says which one scores).
+    UsageError when they name different models (then the user says which one scores). A method this
+    process has not registered (a plug-in not installed here) counts as sampling the base model.
     """
-    models = {name: m.model for name, m in run.methods.items() if m.kind != "grpo" and m.model}
+    models = {name: m.model for name, m in run.methods.items() if m.model and _samples_base_model(m.kind)}
     if len({resolve_local(m) for m in models.values()}) > 1:
         found = ", ".join(f"{n}: {m}" for n, m in models.items())
         raise UsageError(f"methods were sampled from different models ({found}): pass --base-model")
     return next(iter(models.values()), None)
 
 
+def _samples_base_model(kind: str) -> bool:
+    method = find_method(kind)
+    return method is None or method.model == "base"
+
+
 def embed_run(run: Run, mode: str, *, device=None) -> tuple[dict | None, str]:
     """{method: {problem_id: (m, 384) unit vectors}} for methods with several samples, cached on disk."""
-    import hashlib
-
-    import numpy as np
-
-    from .diversity import Embedder, embedding_model_available
-
     if mode == "off":
         return None, "off"
     if not embedding_model_available():
@@ -192,14 +202,7 @@ def analyze(run_dir, config: AnalysisConfig | None = None, *, wandb: WandbConfig
 
 def _analyze_locked(run, run_dir: Path, config: AnalysisConfig, wandb, wandb_name, model, tokenizer, shard, progress,
                     started: float) -> dict | None:
-    from .metrics import clean_for_json, compute_metrics
-    from .plots import make_plots
-    from .report import render_report
-    from .wandb_log import log_method_runs, log_to_wandb
-
     if config.score:
-        from .scoring import score_run
-
         base_model = config.base_model or default_base_model(run)
         info = score_run(run, base_model, model=model, tokenizer=tokenizer, rescore=config.rescore,
                          batch_tokens=config.batch_tokens, device=config.device, shard=shard, progress=progress)

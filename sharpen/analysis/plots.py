@@ -2,6 +2,8 @@
 
     paths = make_plots(run, metrics, "runs/demo/plots")   # {"pass_at_k": Path(...), ...}
 
+`sharpen analyze RUN_DIR` draws them into RUN_DIR/plots/ and links them from report.md.
+
 pass_at_k.png             pass@k against k (log axis), one line and interval band per method, each up to its own n
 accuracy_vs_compute.png   pass@k against forward tokens spent per problem on k samples
 frontier.png              accuracy against forward tokens and wall seconds per completion: every instance a
@@ -28,6 +30,7 @@ matplotlib.use("Agg")  # files only; never open a window or need a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .boundary import only_matrix  # noqa: E402
 from .runs import Run  # noqa: E402
 
 HISTOGRAMS = {
@@ -174,8 +177,6 @@ def plot_frontier(metrics: dict, path: Path) -> Path | None:
 
 def plot_boundary(metrics: dict, path: Path) -> Path | None:
     """Solved-set matrix: cell (row A, column B) = expected problems A solves and B does not, at the pair's k."""
-    from .boundary import only_matrix
-
     entries = [e for e in metrics.get("boundary") or [] if "k" in e]
     if not entries:
         return None

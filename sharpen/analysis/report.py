@@ -1,7 +1,17 @@
-"""report.md: the metrics as markdown tables beside the plots, readable with no wandb.
+"""report.md: the metrics as markdown, one section after another, beside the plots; readable with no wandb.
 
-    text = render_report(metrics, plot_paths, run_dir)
+    from sharpen.analysis.report import render_report
+    text = render_report(metrics, plots, run_dir)   # metrics: metrics.json's content; plots: {key: path}
     sharpen.runs.files.write_text_atomic(run_dir / "report.md", text)
+
+`sharpen analyze RUN_DIR` writes it (sharpen.analysis.pipeline). The report is REPORT_SECTIONS
+in order: each section is a function `section(metrics, ctx) -> str | None` that renders one
+part of the report from metrics.json's content and returns None (or "") when it has nothing
+to say; `ctx` (ReportContext) holds the plots and the run directory, and `ctx.image(key, alt)`
+links a plot. To add an analysis to the report, compute its numbers in a metric section
+(sharpen.analysis.metrics.METRIC_SECTIONS), write one function here and put it in
+REPORT_SECTIONS where it belongs. Sections are joined by newlines; headings get a blank line
+before them and runs of blank lines collapse to one.
 
 Beside accuracy and pass@k (each method up to its own n; n<k where it has fewer samples) come
 coverage and the crossover k, the reasoning boundary of each pair, accuracy at equal compute
@@ -19,9 +29,11 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from .plots import frontier_points
+from .stats import first_and_last_fifth
 
 PASS_K_COLUMNS = 6  # pass@k columns in the table (each method's n, then powers of two); the plot has all
 
@@ -91,30 +103,85 @@ def _pass_cell(curve: dict, k: int) -> str:
     return "n<k" if k > max(curve["k"]) else "—"
 
 
-def _image(plots: dict, key: str, alt: str, run_dir: Path) -> str:
-    if key not in plots:
-        return ""
-    path = Path(plots[key])
-    rel = os.path.relpath(path, run_dir)
-    return f"\n![{alt}]({rel})\n"
+def _crossover_cell(e: dict | None) -> str:
+    """`12 [4, none]`: the crossover k and its interval; 'none' is no crossover up to n, '≤1' base never below.
+
+    >>> _crossover_cell({"status": "crossover", "value": 12, "low": 0, "high": None, "max_k": 64})
+    '12 [≤1, none]'
+    >>> _crossover_cell({"status": "none up to n", "value": None, "low": 40, "high": None, "max_k": 64})
+    'none up to 64 [40, none]'
+    """
+    if not e or e.get("status") == "no shared problem":
+        return "—"
+    word = lambda v: "none" if v is None else ("≤1" if v == 0 else str(v))  # noqa: E731
+    point = {"crossover": str(e["value"]), "base never below": "base never below",
+             "none up to n": f"none up to {e['max_k']}"}[e["status"]]
+    return f"{point} [{word(e['low'])}, {word(e['high'])}]"
 
 
-def render_report(metrics: dict, plots: dict, run_dir) -> str:
-    run_dir = Path(run_dir)
+def _count(entry: dict) -> str:
+    return _ci(entry, 1)
+
+
+def _code(env: dict | None) -> str:
+    """`sharpen 0.1.0 @ a79a98d4e1 (dirty)` from an environment() dict."""
+    if not env:
+        return "—"
+    text = f"sharpen {env.get('sharpen') or '?'}"
+    if env.get("git_commit"):
+        text += f" @ {env['git_commit'][:10]}" + (" (dirty)" if env.get("git_dirty") else "")
+    return text
+
+
+@dataclass
+class ReportContext:
+    """What a section reads besides the metrics: the plots written ({key: path}) and the run directory."""
+
+    plots: dict
+    run_dir: Path
+
+    def image(self, key: str, alt: str) -> str:
+        """A markdown image of plot `key`, relative to the run directory; "" when that plot was not drawn.
+
+        >>> ReportContext({"pass_at_k": "/r/plots/pass_at_k.png"}, Path("/r")).image("pass_at_k", "pass@k")
+        '\\n![pass@k](plots/pass_at_k.png)\\n'
+        >>> ReportContext({}, Path("/r")).image("boundary", "boundary")
+        ''
+        """
+        if key not in self.plots:
+            return ""
+        rel = os.path.relpath(Path(self.plots[key]), self.run_dir)
+        return f"\n![{alt}]({rel})\n"
+
+
+# ---- the sections, in report order -----------------------------------------------------------
+
+
+def header(metrics: dict, ctx: ReportContext) -> str:
+    """Title, where the numbers come from and how the intervals are made."""
+    settings = metrics["settings"]
+    conf = int(round(100 * settings["confidence"]))
+    return "\n".join([
+        f"# Analysis of `{ctx.run_dir.name}`", "",
+        f"Written by `sharpen analyze` from the record files listed under *Records used*; "
+        f"`metrics.json` beside this file holds every number below and the per-problem counts. "
+        f"Intervals are {conf}% percentile bootstraps over problems "
+        f"({settings['bootstrap_resamples']} resamples, seed {settings['seed']}), "
+        f"Wilson intervals where a method has one sample per problem."])
+
+
+def warnings(metrics: dict, ctx: ReportContext) -> str | None:
+    if not metrics["warnings"]:
+        return None
+    return "\n".join(["", "## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]])
+
+
+def records_used(metrics: dict, ctx: ReportContext) -> str:
+    """Each method instance's record file: lines, problems, samples per problem, model, sha256; its settings."""
     methods = metrics["methods"]
-    conf = int(round(100 * metrics["settings"]["confidence"]))
-    out = [f"# Analysis of `{run_dir.name}`", "",
-           f"Written by `sharpen analyze` from the record files listed under *Records used*; "
-           f"`metrics.json` beside this file holds every number below and the per-problem counts. "
-           f"Intervals are {conf}% percentile bootstraps over problems "
-           f"({metrics['settings']['bootstrap_resamples']} resamples, seed {metrics['settings']['seed']}), "
-           f"Wilson intervals where a method has one sample per problem."]
-    if metrics["warnings"]:
-        out += ["", "## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]]
-
-    out += ["", "## Records used", "",
-            "Each row is one method instance (*name*; *method* is the sampler that made it). Record files are "
-            "read, never modified; base-model scores live beside them in `scores/<name>.jsonl`.", ""]
+    out = ["", "## Records used", "",
+           "Each row is one method instance (*name*; *method* is the sampler that made it). Record files are "
+           "read, never modified; base-model scores live beside them in `scores/<name>.jsonl`.", ""]
     rows = []
     for name, f in metrics["files"].items():
         m = methods[name]
@@ -134,240 +201,38 @@ def render_report(metrics: dict, plots: dict, run_dir) -> str:
         out += [f"- `{name}`: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
                 for name, values in settings.items()]
         out += ["", "</details>"]
+    return "\n".join(out)
 
+
+def accuracy_and_pass_at_k(metrics: dict, ctx: ReportContext) -> str:
+    """Accuracy, majority vote and pass@k of every method, with the pass@k plot."""
     ks = _shown_ks(metrics)
-    out += ["", "## Accuracy and pass@k", "",
-            "Accuracy is the mean over problems of each problem's fraction of correct samples (pass@1; a sample "
-            "is correct when its record says `correct`, i.e. the task's grader gave it a full score of 1). "
-            "pass@k uses the unbiased estimator 1 − C(n−c, k)/C(n, k) on each problem's n samples (c correct), "
-            "only for k ≤ n; *n<k* marks k beyond a method's samples (never extrapolated). Each method's curve "
-            "goes up to its own n (the plot's x axis is logarithmic). Majority vote scores the most common "
-            "extracted answer of each problem (ties split evenly; a problem without any answer counts as wrong; "
-            "— when a method's records carry no extracted answer).", ""]
+    out = ["", "## Accuracy and pass@k", "",
+           "Accuracy is the mean over problems of each problem's fraction of correct samples (pass@1; a sample "
+           "is correct when its record says `correct`, i.e. the task's grader gave it a full score of 1). "
+           "pass@k uses the unbiased estimator 1 − C(n−c, k)/C(n, k) on each problem's n samples (c correct), "
+           "only for k ≤ n; *n<k* marks k beyond a method's samples (never extrapolated). Each method's curve "
+           "goes up to its own n (the plot's x axis is logarithmic). Majority vote scores the most common "
+           "extracted answer of each problem (ties split evenly; a problem without any answer counts as wrong; "
+           "— when a method's records carry no extracted answer).", ""]
     rows = []
-    for name, m in methods.items():
+    for name, m in metrics["methods"].items():
         curve = m["pass_at_k"]
         rows.append([name, m["problems"], f"{m['correct']} / {m['samples']}", _ci(m["accuracy"]),
                      _ci(m["majority_vote"])] + [_pass_cell(curve, k) for k in ks])
     out.append(_table(["method", "problems", "correct / samples", "accuracy", "majority vote"]
                       + [f"pass@{k}" for k in ks], rows))
-    out.append(_image(plots, "pass_at_k", "pass@k", run_dir))
-    out += _large_k(metrics)
-
-    extraction_rows = []
-    for name, m in methods.items():
-        ex = m.get("extractions")
-        if ex and ex["disagreements"]:
-            kinds = [k for k in ex if k not in ("disagreements", "records")]
-            extraction_rows.append([name] + [_ci(ex[k]) for k in kinds]
-                                   + [f"{ex['disagreements']} / {ex['records']}"])
-    if extraction_rows:
-        out += ["## Answer extraction", "",
-                "The task reads answers two ways, as evaluation harnesses do: *strict* takes only the final-answer "
-                "format the prompt declares (a completion without one, e.g. cut off at the length limit, is "
-                "wrong); *flexible* takes the last number anywhere. The tables above use the task's own choice "
-                "(the GRPO reward uses the same one). Shown for the methods where the two disagree.", ""]
-        out.append(_table(["method"] + kinds + ["records where they disagree"], extraction_rows))
-        out.append("")
-
-    training = metrics.get("training") or {}
-    if training:
-        out += ["## GRPO training", "",
-                "From the training run's log history (`RUN_DIR/<name>/metrics.json`, one row per logged "
-                "optimizer step): mean reward of the rollouts (± its within-group standard deviation, the "
-                "signal GRPO learns from), completion length and token entropy. Rollouts sample the policy at "
-                "the training temperature; the evaluation above samples at the method's own temperature.", ""]
-        rows = []
-        for name, curve in training.items():
-            def first_last(key):
-                values = [v for v in curve.get(key) or [] if v is not None]
-                if not values:
-                    return "—"
-                k = max(1, len(values) // 5)
-                return f"{np.mean(values[:k]):.3f} → {np.mean(values[-k:]):.3f}"
-            rows.append([name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)",
-                         first_last("reward"), first_last("reward_std"), first_last("completion_length"),
-                         first_last("entropy")])
-        out.append(_table(["run", "steps", "reward (first → last fifth)", "reward std", "completion length",
-                           "entropy"], rows))
-        for name in training:
-            out.append(_image(plots, f"training_{name}", f"{name} training curves", run_dir))
-
-    if metrics["paired"]:
-        out += ["## Paired comparisons", "",
-                "Each row compares method B with method A on the problems both have: the difference of "
-                "accuracies (B − A) with a paired bootstrap interval; the Wilcoxon signed-rank test on the "
-                "per-problem pass rates, or with one sample per problem the exact McNemar test (binomial test "
-                "on the problems where exactly one is correct); p (Holm) adjusts for all the pairs. "
-                "*B > A* counts problems where B's pass rate is higher; *only A solves* counts problems where "
-                "some sample of A and none of B is correct.", ""]
-        rows = []
-        for e in metrics["paired"]:
-            if not e.get("problems"):
-                rows.append([f"{e['b']} − {e['a']}", 0] + ["no shared problem"] + ["—"] * 6)
-                continue
-            shared = str(e["problems"])
-            if e["problems"] < max(e["problems_a"], e["problems_b"]):
-                shared += f" (of {e['problems_a']} / {e['problems_b']})"
-            diff = _ci({"value": e["diff"], "low": e["low"], "high": e["high"]})
-            rows.append([f"{e['b']} − {e['a']}", shared, diff,
-                         e["test"], _p(e["p_value"]), _p(e.get("p_holm")),
-                         f"{e['b_better']} / {e['a_better']} / {e['ties']}", e["only_a_solves"], e["only_b_solves"]])
-        out.append(_table(["B − A", "problems", "difference", "test", "p", "p (Holm)", "B > A / A > B / tie",
-                           "only A solves", "only B solves"], rows))
-
-    out += _boundary(metrics, plots, run_dir)
-
-    scored = {n: m["base_scores"] for n, m in methods.items() if m.get("base_scores")}
-    out += ["", "## Likelihood and confidence under the base model", ""]
-    if not scored:
-        out.append("Not computed (no record carries base-model scores; run without `--no-score`).")
-    else:
-        models = sorted({x for s in scored.values() for x in s["model"]})
-        out.append(f"Every completion, whichever method produced it, scored by one forward pass of the base model "
-                   f"{', '.join(f'`{x}`' for x in models)} (temperature 1) over prompt + completion "
-                   f"(stored in `scores/<name>.jsonl`). "
-                   f"Log-likelihood per token = mean of log p(token); confidence = mean over tokens of "
-                   f"Σ_v p log p (negative entropy; Karan & Du, Eq. 13); self-certainty = mean over tokens of "
-                   f"KL(uniform ‖ p) (Kang et al. 2025). Means are over problems of per-problem means.")
-        out.append("")
-        rows = []
-        for name, s in scored.items():
-            lp = s["logprob_mean"]
-            rows.append([name, f"{s['scored']}" + (f" (+{s['unscored']} unscored)" if s["unscored"] else ""),
-                         _ci(lp), _f(lp["median"]), f"{_f(lp['mean_correct'])} / {_f(lp['mean_incorrect'])}",
-                         _ci(s["logprob_sum"], 2), _ci(s["confidence"]), _ci(s["self_certainty"])])
-        out.append(_table(["method", "scored", "log-lik / token", "median", "correct / incorrect",
-                           "log-lik (sum)", "confidence", "self-certainty"], rows))
-        out.append(_image(plots, "base_logprob_mean", "base log-likelihood per token", run_dir))
-        out.append(_image(plots, "base_confidence", "confidence under the base model", run_dir))
-        out.append(_image(plots, "base_self_certainty", "self-certainty under the base model", run_dir))
-
-    diverse = {n: m["diversity"] for n, m in methods.items() if m.get("diversity")}
-    out += ["## Diversity", ""]
-    if not diverse:
-        out.append("Not computed: every method has a single sample per problem.")
-    else:
-        used = metrics["settings"]["diversity_samples_per_problem"]
-        out.append(f"Across the first {used} samples of each problem (the same number for every method, so the "
-                   f"measures compare; at most 64, as self-BLEU and embedding distances grow quadratically), "
-                   f"averaged over problems. distinct-n: distinct token n-grams / all n-grams "
-                   f"(higher = more diverse); self-BLEU: BLEU of each sample against the others, in [0, 1] "
-                   f"(lower = more diverse); distinct answers: number of different extracted answers; embedding "
-                   f"distance: mean pairwise cosine distance of all-MiniLM-L6-v2 embeddings, Vendi: their Vendi "
-                   f"score (1 = all alike, {used} = all orthogonal).")
-        out.append("")
-        keys = [f"distinct_{n}" for n in range(1, 5)] + ["self_bleu", "distinct_answers", "embedding_distance", "vendi"]
-        keys = [k for k in keys if any(d.get(k) for d in diverse.values())]
-        rows = [[name] + [_ci(d.get(k)) for k in keys] for name, d in diverse.items()]
-        out.append(_table(["method"] + [k.replace("_", "-") for k in keys], rows))
-        skipped = [n for n, m in methods.items() if not m.get("diversity")]
-        if skipped:
-            out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
-        out.append(_image(plots, "diversity", "diversity", run_dir))
-    out += _entropy_support(metrics)
-
-    sessions_any = any(m["cost"].get("sessions") for m in methods.values())
-    out += ["## Compute", "",
-            "Summed over the records: tokens sampled (decode steps), tokens run through the model (prefill "
-            "included; power-MH re-proposals counted) and wall-clock seconds. *wall s, sum of per-record shares* "
-            "adds up each record's `cost.wall_seconds`, its share of the time the sampler measured"
-            + (("; *sampling s, elapsed* is the measured time itself, summed over the sampling sessions in "
-                "`samples/<name>.sessions.jsonl` and, for a session of several processes, over its processes "
-                "(process-seconds, as the shares are; a session killed before it ended logs none, so the "
-                "column says when its sessions wrote fewer records than the file holds)") if sessions_any else "")
-            + ". Training columns come from `<name>/cost.json` when the study wrote one.", ""]
-    rows = []
-    training_any = any(m["cost"].get("training") for m in methods.values())
-    for name, m in methods.items():
-        c = m["cost"]
-        row = [name, c["records"], _f(c["completion_tokens"]["per_sample"], 1),
-               _f((c.get("sampled_tokens") or {}).get("total"), 0), _f((c.get("forward_tokens") or {}).get("total"), 0),
-               _f((c.get("forward_tokens") or {}).get("per_sample"), 1),
-               _seconds((c.get("wall_seconds") or {}).get("total"))]
-        if sessions_any:
-            sessions = c.get("sessions")
-            cell = "—"
-            if sessions:
-                cell = f"{_seconds(sessions['elapsed_seconds'])} ({sessions['count']} session" \
-                       f"{'s' if sessions['count'] != 1 else ''}"
-                if sessions.get("processes", 1) > 1:
-                    cell += f", up to {sessions['processes']} processes"
-                if sessions["records_written"] != c["records"]:
-                    cell += f", {sessions['records_written']} of {c['records']} records"
-                cell += ")"
-            row.append(cell)
-        row.append(_f(c.get("acceptance_rate")))
-        if training_any:
-            t = c.get("training") or {}
-            row += [_f(t.get("wall_seconds"), 1), _f(t.get("rollout_tokens"), 0), _f(t.get("optimizer_steps"), 0)]
-        rows.append(row)
-    header = ["method", "samples", "tokens / completion", "sampled tokens", "forward tokens",
-              "forward tokens / sample", "wall s, sum of per-record shares"]
-    header += ["sampling s, elapsed (sessions)"] if sessions_any else []
-    header += ["MH acceptance"]
-    if training_any:
-        header += ["training wall s", "training rollout tokens", "optimizer steps"]
-    out.append(_table(header, rows))
-    out.append(_image(plots, "accuracy_vs_compute", "accuracy against compute", run_dir))
-    out += _frontier(metrics, plots, run_dir)
-    out += _equal_compute(metrics)
-
-    out += _provenance(metrics)
-
-    analysis = metrics.get("analysis")
-    if analysis:
-        if analysis.get("scored_now") is None:
-            scoring = "off (`--no-score`); scores already in `scores/` are shown"
-        else:
-            scoring = (f"{analysis['scored_now']} record(s) scored now ({_f(analysis.get('scoring_seconds'), 1)} s), "
-                       f"{analysis.get('scored_before', 0)} reused from `scores/`")
-            if analysis.get("from_records"):
-                scoring += f" (of which {analysis['from_records']} from `base_scores` inside older records)"
-            for name, reason in (analysis.get("reset") or {}).items():
-                scoring += f"; `scores/{name}.jsonl` started afresh ({reason})"
-        out += ["## This analysis", "",
-                f"Base-model scoring: {scoring}. Embeddings: {analysis.get('embeddings', 'off')}. "
-                f"Total {_f(analysis.get('seconds'), 1)} s."]
-
-    per_problem = metrics["per_problem"]
-    names = list(per_problem)
-    pids = list(dict.fromkeys(pid for name in names for pid in per_problem[name]))
-    limit = 500
-    out += ["## Per-problem counts", "",
-            f"<details><summary>correct / samples for each problem and method"
-            f"{f' (first {limit} of {len(pids)}; all in metrics.json)' if len(pids) > limit else ''}</summary>", ""]
-    rows = [[f"`{pid}`"] + [("{1} / {0}".format(*per_problem[n][pid]) if pid in per_problem[n] else "—")
-                            for n in names] for pid in pids[:limit]]
-    out += [_table(["problem"] + names, rows), "", "</details>", ""]
-    text = "\n".join(out)
-    text = re.sub(r"([^\n])\n(#+ )", r"\1\n\n\2", text)  # a blank line before every heading
-    return re.sub(r"\n{3,}", "\n\n", text)
+    out.append(ctx.image("pass_at_k", "pass@k"))
+    return "\n".join(out)
 
 
-def _crossover_cell(e: dict | None) -> str:
-    """`12 [4, none]`: the crossover k and its interval; 'none' is no crossover up to n, '≤1' base never below.
-
-    >>> _crossover_cell({"status": "crossover", "value": 12, "low": 0, "high": None, "max_k": 64})
-    '12 [≤1, none]'
-    >>> _crossover_cell({"status": "none up to n", "value": None, "low": 40, "high": None, "max_k": 64})
-    'none up to 64 [40, none]'
-    """
-    if not e or e.get("status") == "no shared problem":
-        return "—"
-    word = lambda v: "none" if v is None else ("≤1" if v == 0 else str(v))  # noqa: E731
-    point = {"crossover": str(e["value"]), "base never below": "base never below",
-             "none up to n": f"none up to {e['max_k']}"}[e["status"]]
-    return f"{point} [{word(e['low'])}, {word(e['high'])}]"
-
-
-def _large_k(metrics: dict) -> list[str]:
+def coverage_and_crossover(metrics: dict, ctx: ReportContext) -> str | None:
     """Coverage at the largest shared n and the k at which base overtakes each method."""
     methods = metrics["methods"]
     covered = {n: m.get("coverage") for n, m in methods.items() if m.get("coverage")}
     crossings = {e["b"]: e for e in metrics.get("crossover") or []}
     if not covered and not crossings:
-        return []
+        return None
     base = metrics.get("reference_base")
     first = next(iter(covered.values()), None)
     out = ["", "### Coverage and crossover", ""]
@@ -391,18 +256,91 @@ def _large_k(metrics: dict) -> list[str]:
     k = f"@{first['k']}" if first else ""
     out.append(_table(["method", "n", f"coverage (pass{k})", f"crossover k ({base} ≥ method)",
                        "resamples: none / never below"], rows))
-    return out
+    return "\n".join(out)
 
 
-def _count(entry: dict) -> str:
-    return _ci(entry, 1)
+def answer_extraction(metrics: dict, ctx: ReportContext) -> str | None:
+    """Accuracy under strict and flexible extraction, for the methods where the two disagree."""
+    rows = []
+    for name, m in metrics["methods"].items():
+        ex = m.get("extractions")
+        if ex and ex["disagreements"]:
+            kinds = [k for k in ex if k not in ("disagreements", "records")]
+            rows.append([name] + [_ci(ex[k]) for k in kinds] + [f"{ex['disagreements']} / {ex['records']}"])
+    if not rows:
+        return None
+    out = ["## Answer extraction", "",
+           "The task reads answers two ways, as evaluation harnesses do: *strict* takes only the final-answer "
+           "format the prompt declares (a completion without one, e.g. cut off at the length limit, is "
+           "wrong); *flexible* takes the last number anywhere. The tables above use the task's own choice "
+           "(the GRPO reward uses the same one). Shown for the methods where the two disagree.", ""]
+    out.append(_table(["method"] + kinds + ["records where they disagree"], rows))
+    out.append("")
+    return "\n".join(out)
 
 
-def _boundary(metrics: dict, plots: dict, run_dir) -> list[str]:
+def _first_last(curve: dict, key: str) -> str:
+    """Mean of the first fifth of the logged values → mean of the last fifth (stats.first_and_last_fifth).
+
+    >>> _first_last({"reward": [0.0, 0.1, None, 0.4, 0.5]}, "reward"), _first_last({}, "entropy")
+    ('0.000 → 0.500', '—')
+    """
+    ends = first_and_last_fifth(v for v in curve.get(key) or [] if v is not None)
+    return "—" if ends is None else f"{ends[0]:.3f} → {ends[1]:.3f}"
+
+
+def grpo_training(metrics: dict, ctx: ReportContext) -> str | None:
+    """Reward, its spread, completion length and entropy over GRPO training, with each run's curves."""
+    training = metrics.get("training") or {}
+    if not training:
+        return None
+    out = ["## GRPO training", "",
+           "From the training run's log history (`RUN_DIR/<name>/metrics.json`, one row per logged "
+           "optimizer step): mean reward of the rollouts (± its within-group standard deviation, the "
+           "signal GRPO learns from), completion length and token entropy. Rollouts sample the policy at "
+           "the training temperature; the evaluation above samples at the method's own temperature.", ""]
+    rows = [[name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)"]
+            + [_first_last(curve, key) for key in ("reward", "reward_std", "completion_length", "entropy")]
+            for name, curve in training.items()]
+    out.append(_table(["run", "steps", "reward (first → last fifth)", "reward std", "completion length",
+                       "entropy"], rows))
+    out += [ctx.image(f"training_{name}", f"{name} training curves") for name in training]
+    return "\n".join(out)
+
+
+def paired_comparisons(metrics: dict, ctx: ReportContext) -> str | None:
+    """Every pair of methods on their shared problems: difference, test, p-values, who solves what."""
+    if not metrics["paired"]:
+        return None
+    out = ["## Paired comparisons", "",
+           "Each row compares method B with method A on the problems both have: the difference of "
+           "accuracies (B − A) with a paired bootstrap interval; the Wilcoxon signed-rank test on the "
+           "per-problem pass rates, or with one sample per problem the exact McNemar test (binomial test "
+           "on the problems where exactly one is correct); p (Holm) adjusts for all the pairs. "
+           "*B > A* counts problems where B's pass rate is higher; *only A solves* counts problems where "
+           "some sample of A and none of B is correct.", ""]
+    rows = []
+    for e in metrics["paired"]:
+        if not e.get("problems"):
+            rows.append([f"{e['b']} − {e['a']}", 0] + ["no shared problem"] + ["—"] * 6)
+            continue
+        shared = str(e["problems"])
+        if e["problems"] < max(e["problems_a"], e["problems_b"]):
+            shared += f" (of {e['problems_a']} / {e['problems_b']})"
+        diff = _ci({"value": e["diff"], "low": e["low"], "high": e["high"]})
+        rows.append([f"{e['b']} − {e['a']}", shared, diff,
+                     e["test"], _p(e["p_value"]), _p(e.get("p_holm")),
+                     f"{e['b_better']} / {e['a_better']} / {e['ties']}", e["only_a_solves"], e["only_b_solves"]])
+    out.append(_table(["B − A", "problems", "difference", "test", "p", "p (Holm)", "B > A / A > B / tie",
+                       "only A solves", "only B solves"], rows))
+    return "\n".join(out)
+
+
+def reasoning_boundary(metrics: dict, ctx: ReportContext) -> str | None:
     """Problems solved by only one side of each pair at the largest k both have."""
     entries = metrics.get("boundary") or []
     if not entries:
-        return []
+        return None
     out = ["## Reasoning boundary", "",
            "For each pair (A, B), on the problems both have, at k = the smaller samples-per-problem of the two: "
            "the expected number of problems solved only by A, only by B, by both and by neither. A problem counts "
@@ -417,15 +355,176 @@ def _boundary(metrics: dict, plots: dict, run_dir) -> list[str]:
         rows.append([e["a"], e["b"], e["k"], e["problems"], _count(e["only_a"]), _count(e["only_b"]),
                      _count(e["both"]), _count(e["neither"]), _count(e["net"])])
     out.append(_table(["A", "B", "k", "problems", "only A", "only B", "both", "neither", "only B − only A"], rows))
-    out.append(_image(plots, "boundary", "problems solved by one method and not the other", run_dir))
-    return out
+    out.append(ctx.image("boundary", "problems solved by one method and not the other"))
+    return "\n".join(out)
 
 
-def _equal_compute(metrics: dict) -> list[str]:
+def base_model_scores(metrics: dict, ctx: ReportContext) -> str:
+    """Log-likelihood, confidence and self-certainty of every method's completions under the base model."""
+    scored = {n: m["base_scores"] for n, m in metrics["methods"].items() if m.get("base_scores")}
+    out = ["", "## Likelihood and confidence under the base model", ""]
+    if not scored:
+        out.append("Not computed (no record carries base-model scores; run without `--no-score`).")
+        return "\n".join(out)
+    models = sorted({x for s in scored.values() for x in s["model"]})
+    out.append(f"Every completion, whichever method produced it, scored by one forward pass of the base model "
+               f"{', '.join(f'`{x}`' for x in models)} (temperature 1) over prompt + completion "
+               f"(stored in `scores/<name>.jsonl`). "
+               f"Log-likelihood per token = mean of log p(token); confidence = mean over tokens of "
+               f"Σ_v p log p (negative entropy; Karan & Du, Eq. 13); self-certainty = mean over tokens of "
+               f"KL(uniform ‖ p) (Kang et al. 2025). Means are over problems of per-problem means.")
+    out.append("")
+    rows = []
+    for name, s in scored.items():
+        lp = s["logprob_mean"]
+        rows.append([name, f"{s['scored']}" + (f" (+{s['unscored']} unscored)" if s["unscored"] else ""),
+                     _ci(lp), _f(lp["median"]), f"{_f(lp['mean_correct'])} / {_f(lp['mean_incorrect'])}",
+                     _ci(s["logprob_sum"], 2), _ci(s["confidence"]), _ci(s["self_certainty"])])
+    out.append(_table(["method", "scored", "log-lik / token", "median", "correct / incorrect",
+                       "log-lik (sum)", "confidence", "self-certainty"], rows))
+    out.append(ctx.image("base_logprob_mean", "base log-likelihood per token"))
+    out.append(ctx.image("base_confidence", "confidence under the base model"))
+    out.append(ctx.image("base_self_certainty", "self-certainty under the base model"))
+    return "\n".join(out)
+
+
+def diversity(metrics: dict, ctx: ReportContext) -> str:
+    """distinct-n, self-BLEU, distinct answers and embedding diversity over equal sample counts."""
+    methods = metrics["methods"]
+    diverse = {n: m["diversity"] for n, m in methods.items() if m.get("diversity")}
+    out = ["## Diversity", ""]
+    if not diverse:
+        out.append("Not computed: every method has a single sample per problem.")
+        return "\n".join(out)
+    used = metrics["settings"]["diversity_samples_per_problem"]
+    out.append(f"Across the first {used} samples of each problem (the same number for every method, so the "
+               f"measures compare; at most 64, as self-BLEU and embedding distances grow quadratically), "
+               f"averaged over problems. distinct-n: distinct token n-grams / all n-grams "
+               f"(higher = more diverse); self-BLEU: BLEU of each sample against the others, in [0, 1] "
+               f"(lower = more diverse); distinct answers: number of different extracted answers; embedding "
+               f"distance: mean pairwise cosine distance of all-MiniLM-L6-v2 embeddings, Vendi: their Vendi "
+               f"score (1 = all alike, {used} = all orthogonal).")
+    out.append("")
+    keys = [f"distinct_{n}" for n in range(1, 5)] + ["self_bleu", "distinct_answers", "embedding_distance", "vendi"]
+    keys = [k for k in keys if any(d.get(k) for d in diverse.values())]
+    rows = [[name] + [_ci(d.get(k)) for k in keys] for name, d in diverse.items()]
+    out.append(_table(["method"] + [k.replace("_", "-") for k in keys], rows))
+    skipped = [n for n, m in methods.items() if not m.get("diversity")]
+    if skipped:
+        out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
+    out.append(ctx.image("diversity", "diversity"))
+    return "\n".join(out)
+
+
+def entropy_and_support(metrics: dict, ctx: ReportContext) -> str | None:
+    """Token and answer entropy of each method's own samples, and support retention against base."""
+    methods = metrics["methods"]
+    if not any(m.get("entropy") or m.get("support") for m in methods.values()):
+        return None
+    base = metrics.get("reference_base")
+    used = metrics["settings"].get("entropy_samples_per_problem")
+    out = ["", "### Entropy and support", "",
+           "*Token entropy*: nats per generated token of the method's own sampling distribution along its own "
+           "completions, estimated per problem as Σ −log q(token | prefix) / Σ tokens (q the distribution each "
+           "token was drawn from), averaged over problems; available only where the records hold log q (see the "
+           f"last column). *Answer entropy*: Shannon entropy (nats) of the extracted answers over the first {used} "
+           "samples of each problem (the same count for every method: the plug-in estimate grows with it), "
+           f"*no answer* counted as one answer. *Support* against `{base}`, on shared problems and the first m "
+           "samples of each side (m the smaller count): *retention* is the fraction of base's distinct correct "
+           "answers that the method also produced (over problems where base produced one), *new correct* the "
+           "distinct correct answers per problem that base did not produce (total in brackets).", ""]
+    rows = []
+    for name, m in methods.items():
+        ent, sup = m.get("entropy") or {}, m.get("support")
+        retention = "reference" if name == base else (_ci(sup.get("retention")) if sup else "—")
+        new = "—"
+        if sup and sup.get("new_correct_answers"):
+            new = f"{_ci(sup['new_correct_answers'], 2)} ({sup['new_correct_answers']['total']})"
+        rows.append([name, _ci(ent.get("token")), _ci(ent.get("answer")), retention, new,
+                     str(sup["samples"]) if sup else "—", ent.get("token_note") or "—"])
+    out.append(_table(["method", "token entropy", f"answer entropy (first {used})", "support retention",
+                       "new correct answers / problem", "m", "token entropy from"], rows))
+    return "\n".join(out)
+
+
+def _sessions_cell(cost: dict) -> str:
+    """`2.25 (2 sessions, up to 2 processes, 5 of 8 records)`: measured sampling time and what it covers."""
+    sessions = cost.get("sessions")
+    if not sessions:
+        return "—"
+    cell = f"{_seconds(sessions['elapsed_seconds'])} ({sessions['count']} session" \
+           f"{'s' if sessions['count'] != 1 else ''}"
+    if sessions.get("processes", 1) > 1:
+        cell += f", up to {sessions['processes']} processes"
+    if sessions["records_written"] != cost["records"]:
+        cell += f", {sessions['records_written']} of {cost['records']} records"
+    return cell + ")"
+
+
+def compute(metrics: dict, ctx: ReportContext) -> str:
+    """Tokens sampled and run through the model, wall time, MH acceptance and training cost of each method."""
+    methods = metrics["methods"]
+    sessions_any = any(m["cost"].get("sessions") for m in methods.values())
+    training_any = any(m["cost"].get("training") for m in methods.values())
+    out = ["## Compute", "",
+           "Summed over the records: tokens sampled (decode steps), tokens run through the model (prefill "
+           "included; power-MH re-proposals counted) and wall-clock seconds. *wall s, sum of per-record shares* "
+           "adds up each record's `cost.wall_seconds`, its share of the time the sampler measured"
+           + (("; *sampling s, elapsed* is the measured time itself, summed over the sampling sessions in "
+               "`samples/<name>.sessions.jsonl` and, for a session of several processes, over its processes "
+               "(process-seconds, as the shares are; a session killed before it ended logs none, so the "
+               "column says when its sessions wrote fewer records than the file holds)") if sessions_any else "")
+           + ". Training columns come from `<name>/cost.json` when the study wrote one.", ""]
+    rows = []
+    for name, m in methods.items():
+        c = m["cost"]
+        row = [name, c["records"], _f(c["completion_tokens"]["per_sample"], 1),
+               _f((c.get("sampled_tokens") or {}).get("total"), 0), _f((c.get("forward_tokens") or {}).get("total"), 0),
+               _f((c.get("forward_tokens") or {}).get("per_sample"), 1),
+               _seconds((c.get("wall_seconds") or {}).get("total"))]
+        if sessions_any:
+            row.append(_sessions_cell(c))
+        row.append(_f(c.get("acceptance_rate")))
+        if training_any:
+            t = c.get("training") or {}
+            row += [_f(t.get("wall_seconds"), 1), _f(t.get("rollout_tokens"), 0), _f(t.get("optimizer_steps"), 0)]
+        rows.append(row)
+    header = ["method", "samples", "tokens / completion", "sampled tokens", "forward tokens",
+              "forward tokens / sample", "wall s, sum of per-record shares"]
+    header += ["sampling s, elapsed (sessions)"] if sessions_any else []
+    header += ["MH acceptance"]
+    if training_any:
+        header += ["training wall s", "training rollout tokens", "optimizer steps"]
+    out.append(_table(header, rows))
+    out.append(ctx.image("accuracy_vs_compute", "accuracy against compute"))
+    return "\n".join(out)
+
+
+def frontier(metrics: dict, ctx: ReportContext) -> str | None:
+    """Every method instance at its cost per completion (forward tokens, wall seconds), on the same axes."""
+    curves = frontier_points(metrics)
+    if not curves:
+        return None
+    out = ["", "### One frontier", "",
+           "Every method instance at its cost per completion, on the same axes. *Compute* is forward tokens: "
+           "every token run through the model for that completion (prompt prefill, proposals, particles, "
+           "rollouts). *Wall s* is the completion's share of the measured sampling time when its rows "
+           "(chains, particles, rollouts) ran batched with others: a throughput cost on this machine, not "
+           "the latency of one completion alone (`python -m benchmarks.bench_samplers` measures that). "
+           "Instances of one method (e.g. two budgets of particles or MH steps) form its curve.", ""]
+    rows = [[p["name"], kind, _f(p["forward_tokens"], 1), _f(p["wall_seconds"], 4), _ci(p)]
+            for kind, points in curves.items() for p in points]
+    out.append(_table(["instance", "method", "forward tokens / completion", "wall s / completion",
+                       "accuracy"], rows))
+    out.append(ctx.image("frontier", "one frontier: accuracy against cost"))
+    return "\n".join(out)
+
+
+def equal_compute(metrics: dict, ctx: ReportContext) -> str | None:
     """Each sampler against majority voting over base / low_temp samples that cost the same forward tokens."""
     rows_in = metrics.get("equal_compute") or []
     if not rows_in:
-        return []
+        return None
     out = ["", "### Accuracy at equal compute", "",
            "Each method against majority voting over samples of a cheap reference (base, low_temp) that spend the "
            "same forward tokens: k = C_method / C_reference, the mean forward tokens per completion of each on "
@@ -452,75 +551,11 @@ def _equal_compute(metrics: dict) -> list[str]:
     out.append(_table(["method", "reference", "problems", "forward tokens / completion (method / reference)", "k",
                        "method accuracy", "reference majority vote at k", "reference pass@k", "method − majority",
                        "beats voting", "note"], rows))
-    return out
+    return "\n".join(out)
 
 
-def _entropy_support(metrics: dict) -> list[str]:
-    """Token and answer entropy of each method's own samples, and support retention against base."""
-    methods = metrics["methods"]
-    if not any(m.get("entropy") or m.get("support") for m in methods.values()):
-        return []
-    base = metrics.get("reference_base")
-    used = metrics["settings"].get("entropy_samples_per_problem")
-    out = ["", "### Entropy and support", "",
-           "*Token entropy*: nats per generated token of the method's own sampling distribution along its own "
-           "completions, estimated per problem as Σ −log q(token | prefix) / Σ tokens (q the distribution each "
-           "token was drawn from), averaged over problems; available only where the records hold log q (see the "
-           f"last column). *Answer entropy*: Shannon entropy (nats) of the extracted answers over the first {used} "
-           "samples of each problem (the same count for every method: the plug-in estimate grows with it), "
-           f"*no answer* counted as one answer. *Support* against `{base}`, on shared problems and the first m "
-           "samples of each side (m the smaller count): *retention* is the fraction of base's distinct correct "
-           "answers that the method also produced (over problems where base produced one), *new correct* the "
-           "distinct correct answers per problem that base did not produce (total in brackets).", ""]
-    rows = []
-    for name, m in methods.items():
-        ent, sup = m.get("entropy") or {}, m.get("support")
-        retention = "reference" if name == base else (_ci(sup.get("retention")) if sup else "—")
-        new = "—"
-        if sup and sup.get("new_correct_answers"):
-            new = f"{_ci(sup['new_correct_answers'], 2)} ({sup['new_correct_answers']['total']})"
-        rows.append([name, _ci(ent.get("token")), _ci(ent.get("answer")), retention, new,
-                     str(sup["samples"]) if sup else "—", ent.get("token_note") or "—"])
-    out.append(_table(["method", "token entropy", f"answer entropy (first {used})", "support retention",
-                       "new correct answers / problem", "m", "token entropy from"], rows))
-    return out
-
-
-def _code(env: dict | None) -> str:
-    """`sharpen 0.1.0 @ a79a98d4e1 (dirty)` from an environment() dict."""
-    if not env:
-        return "—"
-    text = f"sharpen {env.get('sharpen') or '?'}"
-    if env.get("git_commit"):
-        text += f" @ {env['git_commit'][:10]}" + (" (dirty)" if env.get("git_dirty") else "")
-    return text
-
-
-def _frontier(metrics: dict, plots: dict, run_dir) -> list[str]:
-    from .plots import frontier_points
-
-    curves = frontier_points(metrics)
-    if not curves:
-        return []
-    out = ["", "### One frontier", "",
-           "Every method instance at its cost per completion, on the same axes. *Compute* is forward tokens: "
-           "every token run through the model for that completion (prompt prefill, proposals, particles, "
-           "rollouts). *Wall s* is the completion's share of the measured sampling time when its rows "
-           "(chains, particles, rollouts) ran batched with others: a throughput cost on this machine, not "
-           "the latency of one completion alone (`python -m benchmarks.bench_samplers` measures that). "
-           "Instances of one method (e.g. two budgets of particles or MH steps) form its curve.", ""]
-    rows = []
-    for kind, points in curves.items():
-        for p in points:
-            rows.append([p["name"], kind, _f(p["forward_tokens"], 1), _f(p["wall_seconds"], 4),
-                         _ci(p)])
-    out.append(_table(["instance", "method", "forward tokens / completion", "wall s / completion",
-                       "accuracy"], rows))
-    out.append(_image(plots, "frontier", "one frontier: accuracy against cost", run_dir))
-    return out
-
-
-def _provenance(metrics: dict) -> list[str]:
+def provenance(metrics: dict, ctx: ReportContext) -> str:
+    """The code and libraries this analysis ran under; each method's code, sessions, grader and model revision."""
     here = metrics.get("environment") or {}
     libraries = ", ".join(f"{k} {v}" for k, v in (here.get("libraries") or {}).items() if v)
     out = ["## Provenance", "",
@@ -542,4 +577,55 @@ def _provenance(metrics: dict) -> list[str]:
         out += ["", f"**Graded unsandboxed:** {', '.join(unsandboxed)}. bwrap was missing or could not create "
                     "namespaces, so the programs ran under the process guard only (the verdict is still the "
                     "tests', but the programs could reach the network and the user's files)."]
-    return out
+    return "\n".join(out)
+
+
+def this_analysis(metrics: dict, ctx: ReportContext) -> str | None:
+    """How this analysis scored (now, reused, started afresh), its embeddings and its time."""
+    analysis = metrics.get("analysis")
+    if not analysis:
+        return None
+    if analysis.get("scored_now") is None:
+        scoring = "off (`--no-score`); scores already in `scores/` are shown"
+    else:
+        scoring = (f"{analysis['scored_now']} record(s) scored now ({_f(analysis.get('scoring_seconds'), 1)} s), "
+                   f"{analysis.get('scored_before', 0)} reused from `scores/`")
+        if analysis.get("from_records"):
+            scoring += f" (of which {analysis['from_records']} from `base_scores` inside older records)"
+        for name, reason in (analysis.get("reset") or {}).items():
+            scoring += f"; `scores/{name}.jsonl` started afresh ({reason})"
+    return "\n".join(["## This analysis", "",
+                      f"Base-model scoring: {scoring}. Embeddings: {analysis.get('embeddings', 'off')}. "
+                      f"Total {_f(analysis.get('seconds'), 1)} s."])
+
+
+PER_PROBLEM_ROWS = 500  # the report's table stops there; metrics.json has every problem
+
+
+def per_problem_counts(metrics: dict, ctx: ReportContext) -> str:
+    """(correct / samples) of every problem and method, so each accuracy can be recomputed by hand."""
+    per_problem = metrics["per_problem"]
+    names = list(per_problem)
+    pids = list(dict.fromkeys(pid for name in names for pid in per_problem[name]))
+    limit = PER_PROBLEM_ROWS
+    out = ["## Per-problem counts", "",
+           f"<details><summary>correct / samples for each problem and method"
+           f"{f' (first {limit} of {len(pids)}; all in metrics.json)' if len(pids) > limit else ''}</summary>", ""]
+    rows = [[f"`{pid}`"] + [("{1} / {0}".format(*per_problem[n][pid]) if pid in per_problem[n] else "—")
+                            for n in names] for pid in pids[:limit]]
+    out += [_table(["problem"] + names, rows), "", "</details>", ""]
+    return "\n".join(out)
+
+
+REPORT_SECTIONS = [header, warnings, records_used, accuracy_and_pass_at_k, coverage_and_crossover,
+                   answer_extraction, grpo_training, paired_comparisons, reasoning_boundary, base_model_scores,
+                   diversity, entropy_and_support, compute, frontier, equal_compute, provenance, this_analysis,
+                   per_problem_counts]
+
+
+def render_report(metrics: dict, plots: dict, run_dir) -> str:
+    """report.md from metrics.json's content and the plots ({key: path}): REPORT_SECTIONS in order."""
+    ctx = ReportContext(dict(plots), Path(run_dir))
+    text = "\n".join(part for section in REPORT_SECTIONS if (part := section(metrics, ctx)))
+    text = re.sub(r"([^\n])\n(#+ )", r"\1\n\n\2", text)  # a blank line before every heading
+    return re.sub(r"\n{3,}", "\n\n", text)

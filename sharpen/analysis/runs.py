@@ -11,7 +11,7 @@ method instance such as `base` or `power_mh_a2`), <name>.config.json beside it (
 settings made them, the environment), <name>.sessions.jsonl (one line per sampling session:
 elapsed time, records written, environment) and RUN_DIR/scores/<name>.jsonl (base-model scores,
 one line per (problem_id, sample_idx), written by sharpen.analysis.scoring). Nothing here writes: sample
-files are never modified.
+files are never modified. `sharpen analyze RUN_DIR` starts by loading the run this way.
 
 Anything that would make a number silently wrong raises InputError naming the file, the line
 and what is accepted: a record without a required field, a duplicate (problem_id, sample_idx),
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,13 +32,8 @@ from pathlib import Path
 
 from sharpen.errors import UsageError
 from sharpen.runs.records import read_records, record_key
+from sharpen.sampling.methods import registered_methods
 
-# The order of method kinds in tables and plots; other kinds follow alphabetically, instances by name.
-def _method_order() -> list[str]:
-    """Registered methods in registration order (base, low_temp, power_mh, grpo, then any added)."""
-    from sharpen.sampling.methods import registered_methods
-
-    return registered_methods()
 REQUIRED_FIELDS = ("problem_id", "sample_idx", "prompt", "completion", "completion_ids", "correct")
 SCORE_VALUES = ("logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens")
 _PART = re.compile(r"\.part\d+$")
@@ -103,7 +99,7 @@ def method_sort_key(kind: str, name: str):
     >>> [n for _, n in sorted(names, key=lambda kn: method_sort_key(*kn))]
     ['base', 'low_temp', 'power_mh_a2', 'power_mh_a16', 'zeta']
     """
-    order = _method_order()
+    order = registered_methods()  # registration order: base, low_temp, power_mh, grpo, then any added
     rank = order.index(kind) if kind in order else len(order)
     natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # str, int, str, ... aligned
     return rank, "" if kind in order else kind, natural
@@ -165,8 +161,6 @@ def _is_int(value) -> bool:
 
 def _check_values(record: dict, where: str) -> None:
     """Refuse values that would turn a statistic into nonsense: NaN or infinite numbers, non-integer ids."""
-    import math
-
     ids = record["completion_ids"]
     if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
         raise InputError(f"{where}: completion_ids must be a list of non-negative integer token ids")

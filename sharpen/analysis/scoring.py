@@ -7,6 +7,9 @@
 
     info = score_run(run, "smollm2-135m")   # every record of a loaded run, into RUN_DIR/scores/<name>.jsonl
 
+`sharpen analyze RUN_DIR` runs score_run before anything else (--no-score skips it, --rescore
+starts the scores afresh).
+
 score_run writes one line per (problem_id, sample_idx) to RUN_DIR/scores/<name>.jsonl,
 appended and fsynced as each batch is scored (sharpen.runs.records), tagged with the scoring
 model (its spec, local paths made absolute, and sharpen.runs.provenance.model_revision) and a
@@ -36,12 +39,15 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from sharpen.errors import UsageError
 from sharpen.runs.files import resolve_local
 from sharpen.runs.processes import Shard
 from sharpen.runs.provenance import model_revision
 from sharpen.runs.records import ShardedRecords, merge_parts, record_key
+from sharpen.sampling import load_model
+from sharpen.sampling.generate import left_pad
 
 from .runs import Run, attach_scores, record_digest, scores_path, stale_scores
 
@@ -70,6 +76,65 @@ def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.vocab_size
+
+
+def _check_ids(prompts: list[list[int]], completions: list[list[int]], vocab: int) -> None:
+    """ValueError naming the first record whose prompt is empty or whose ids fall outside the vocabulary."""
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        if not prompt:
+            raise ValueError(f"record {i} has an empty prompt: the first completion token needs a context")
+        bad = [t for t in list(prompt) + list(completion) if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"record {i} has token id {bad[0]} outside the base model's vocabulary "
+                             f"(0..{vocab - 1}): was it sampled with another tokenizer?")
+
+
+def _targets(completions: list[list[int]], keep: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, keep) completion ids and the mask of real ones: left padding aligns the ends, so row b's
+    completion targets are its last T_b positions."""
+    targets = torch.zeros((len(completions), keep), dtype=torch.long, device=device)
+    valid = torch.zeros((len(completions), keep), dtype=torch.bool, device=device)
+    for b, completion in enumerate(completions):
+        targets[b, keep - len(completion):] = torch.tensor(completion, dtype=torch.long, device=device)
+        valid[b, keep - len(completion):] = True
+    return targets, valid
+
+
+def _score_sums(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, chunk_tokens: int) -> dict:
+    """Per row, the sums over completion tokens of log p(token), sum_v p log p and KL(U || p), (B,) float64 each.
+
+    Positions are turned into float32 log-probs a chunk at a time: chunk_tokens (row, position) pairs,
+    a few chunk_tokens x V x 4 bytes.
+    """
+    rows, keep = targets.shape
+    sums = {name: torch.zeros(rows, dtype=torch.float64, device=logits.device)
+            for name in ("logprob_sum", "confidence", "self_certainty")}
+    step = max(1, chunk_tokens // rows)
+    for start in range(0, keep, step):
+        part = slice(start, min(start + step, keep))
+        log_p = torch.log_softmax(logits[:, part, :].float(), dim=-1)  # (B, c, V)
+        token = log_p.gather(-1, targets[:, part, None]).squeeze(-1)
+        p = log_p.exp()
+        neg_entropy = torch.special.xlogy(p, p).sum(-1)  # sum_v p log p, 0 log 0 = 0
+        certainty = -math.log(log_p.shape[-1]) - log_p.mean(-1)  # KL(U || p)
+        m = valid[:, part]
+        sums["logprob_sum"] += torch.where(m, token, 0).double().sum(-1)
+        sums["confidence"] += torch.where(m, neg_entropy, 0).double().sum(-1)
+        sums["self_certainty"] += torch.where(m, certainty, 0).double().sum(-1)
+        del log_p, p
+    return sums
+
+
+def _per_token(sums: dict, b: int, length: int) -> dict:
+    total = float(sums["logprob_sum"][b])
+    return {"logprob_sum": total, "logprob_mean": total / length,
+            "confidence": float(sums["confidence"][b]) / length,
+            "self_certainty": float(sums["self_certainty"][b]) / length, "num_tokens": length}
+
+
 @torch.no_grad()
 def score_completions(model, prompts: list[list[int]], completions: list[list[int]], *,
                       batch_tokens: int = 4096, chunk_tokens: int = 2048, progress: bool = False,
@@ -82,22 +147,12 @@ def score_completions(model, prompts: list[list[int]], completions: list[list[in
     caller can store each result before the next batch runs. Every id is checked before any
     forward pass: a bad record raises ValueError before a single result is reported.
     """
-    from sharpen.sampling.generate import left_pad
-
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    vocab = head.weight.shape[0] if head is not None else model.config.vocab_size
-    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        if not prompt:
-            raise ValueError(f"record {i} has an empty prompt: the first completion token needs a context")
-        bad = [t for t in list(prompt) + list(completion) if not 0 <= int(t) < vocab]
-        if bad:
-            raise ValueError(f"record {i} has token id {bad[0]} outside the base model's vocabulary "
-                             f"(0..{vocab - 1}): was it sampled with another tokenizer?")
+    _check_ids(prompts, completions, _vocab_size(model))
 
     results: list[dict | None] = [None] * len(prompts)
     todo = [i for i, c in enumerate(completions) if len(c) > 0]
@@ -107,47 +162,18 @@ def score_completions(model, prompts: list[list[int]], completions: list[list[in
                 on_result(i, None)
     # The last completion token is only a target, never an input: feed prompt + completion[:-1].
     lengths = {i: len(prompts[i]) + len(completions[i]) - 1 for i in todo}
-    batches = _batches([lengths[i] for i in todo], batch_tokens)
-
-    from tqdm import tqdm
-
     bar = tqdm(total=len(todo), desc="base-model scores", unit="completion", disable=not progress,
                file=sys.stderr)
     started, tokens_done = time.time(), 0
-    for batch in batches:
+    for batch in _batches([lengths[i] for i in todo], batch_tokens):
         rows = [todo[j] for j in batch]
         ids, mask, positions = left_pad([list(prompts[i]) + list(completions[i][:-1]) for i in rows], 0, device)
         keep = max(len(completions[i]) for i in rows)
         logits = _forward_logits(model, ids, mask, positions, keep)  # (B, keep, V)
-        targets = torch.zeros((len(rows), keep), dtype=torch.long, device=device)
-        valid = torch.zeros((len(rows), keep), dtype=torch.bool, device=device)
+        targets, valid = _targets([completions[i] for i in rows], keep, device)
+        sums = _score_sums(logits, targets, valid, chunk_tokens)
         for b, i in enumerate(rows):
-            # Left padding aligns the ends: row b's completion targets are its last T_b positions.
-            length = len(completions[i])
-            targets[b, keep - length:] = torch.tensor(completions[i], dtype=torch.long, device=device)
-            valid[b, keep - length:] = True
-        sums = {name: torch.zeros(len(rows), dtype=torch.float64, device=device)
-                for name in ("logprob_sum", "confidence", "self_certainty")}
-        step = max(1, chunk_tokens // len(rows))
-        for start in range(0, keep, step):
-            part = slice(start, min(start + step, keep))
-            log_p = torch.log_softmax(logits[:, part, :].float(), dim=-1)  # (B, c, V)
-            token = log_p.gather(-1, targets[:, part, None]).squeeze(-1)
-            p = log_p.exp()
-            neg_entropy = torch.special.xlogy(p, p).sum(-1)  # sum_v p log p, 0 log 0 = 0
-            certainty = -math.log(log_p.shape[-1]) - log_p.mean(-1)  # KL(U || p)
-            m = valid[:, part]
-            sums["logprob_sum"] += torch.where(m, token, 0).double().sum(-1)
-            sums["confidence"] += torch.where(m, neg_entropy, 0).double().sum(-1)
-            sums["self_certainty"] += torch.where(m, certainty, 0).double().sum(-1)
-            del log_p, p
-        for b, i in enumerate(rows):
-            length = len(completions[i])
-            total = float(sums["logprob_sum"][b])
-            results[i] = {"logprob_sum": total, "logprob_mean": total / length,
-                          "confidence": float(sums["confidence"][b]) / length,
-                          "self_certainty": float(sums["self_certainty"][b]) / length,
-                          "num_tokens": length}
+            results[i] = _per_token(sums, b, len(completions[i]))
             if on_result is not None:
                 on_result(i, results[i])
         tokens_done += int(mask.sum())
@@ -213,8 +239,6 @@ def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore
     mine = todo[shard.rank::shard.world_size]
     if mine:
         if model is None:
-            from sharpen.sampling import load_model
-
             model, tokenizer = load_model(spec, device=device)
         prompt_ids: dict[str, list[int]] = {}
         for _, record in mine:

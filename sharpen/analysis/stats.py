@@ -5,6 +5,9 @@
     ks = k_grid(1024)                                             # 1..16, 24, 32, 48, ..., 768, 1024
     comparison = paired_comparison(rates_a, rates_b, binary=False)
 
+`sharpen analyze RUN_DIR` puts these numbers in RUN_DIR/metrics.json (sharpen.analysis.metrics);
+`python -m pytest -q tests/test_analysis.py` checks them against enumeration and coverage rates.
+
 Problems are the unit of resampling everywhere: samples of one problem are not
 independent, so every interval is a percentile bootstrap over problems (with one
 sample per problem the accuracy interval is the Wilson score interval instead, which
@@ -214,3 +217,20 @@ def paired_comparison(rates_a, rates_b, *, binary: bool, any_a=None, any_b=None,
         result = stats.wilcoxon(d, zero_method="wilcox")
         out.update(test="wilcoxon", statistic=float(result.statistic), p_value=float(result.pvalue))
     return out
+
+
+def first_and_last_fifth(values) -> tuple[float, float] | None:
+    """(mean of the first fifth, mean of the last fifth) of a series, at least one value each; None if empty.
+
+    How GRPO's reward curve is summarised, in its metrics.json and in the report.
+
+    >>> first_and_last_fifth([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    (0.0, 1.0)
+    >>> first_and_last_fifth([0.5]), first_and_last_fifth([])
+    ((0.5, 0.5), None)
+    """
+    values = list(values)
+    if not values:
+        return None
+    k = max(1, len(values) // 5)
+    return sum(values[:k]) / k, sum(values[-k:]) / k

@@ -7,6 +7,8 @@
     log_to_wandb(wb, metrics, plots, run)   # returns the run's directory; nothing (and no import) for a NullRun
     wb.finish()
 
+`sharpen analyze RUN_DIR --wandb offline|online` logs them (`--wandb off` never imports wandb).
+
 Method runs (job_type `method`, named <study>-<instance>, in the study's group) carry the
 method's settings as a flat config (method, instance, model, task, alpha, block_size,
 mcmc_steps, num_particles, temperature, ...: a method without a setting lacks the key) and
@@ -173,7 +175,7 @@ def log_method_runs(config: WandbConfig, metrics: dict, run: Run, *, study: str,
 
 
 def _histograms(m: MethodRecords) -> dict:
-    import wandb
+    import wandb  # here, not at the top: with logging off wandb is never imported
 
     logged = {}
     for score, (stem, _) in HISTOGRAMS.items():
@@ -185,7 +187,7 @@ def _histograms(m: MethodRecords) -> dict:
 
 
 def _samples_table(method: str, m: MethodRecords):
-    import wandb
+    import wandb  # only for a real run, as in _histograms
 
     columns = ["method", "problem_id", "sample_idx", "prompt", "completion", "extracted_answer",
                "gold_answer", "correct", "num_tokens", "base_logprob_mean", "base_confidence",
@@ -208,7 +210,7 @@ def log_to_wandb(wb, metrics: dict, plots: dict, run: Run) -> str | None:
     """
     if not is_logging(wb):
         return None
-    import wandb
+    import wandb  # only for a real run, as in _histograms
 
     wb.summary.update(flatten(metrics))
     logged = {f"plots/{key}": wandb.Image(str(path)) for key, path in plots.items()}

@@ -14,6 +14,8 @@ import os
 import sys
 import warnings
 
+from sharpen.errors import UsageError
+
 from .args import disk_full_message
 
 # command -> (module, one-line description)
@@ -21,8 +23,9 @@ COMMANDS = {
     "study": ("sharpen.cli.study", "run a whole study from a YAML config: base model, GRPO, four samplers, report"),
     "sample": ("sharpen.cli.sample", "sample a model on a task and write graded per-sample records"),
     "analyze": ("sharpen.cli.analyze", "metrics, plots, report.md and wandb from a run directory's records"),
-    "grpo": ("sharpen.rl.stage", "GRPO-train a model on a task's train split with TRL (or record an RL checkpoint)"),
+    "grpo": ("sharpen.cli.grpo", "GRPO-train a model on a task's train split with TRL (or record an RL checkpoint)"),
     "testbed": ("sharpen.cli.testbed", "build (or reuse) the synthetic testbed model and print its calibration"),
+    "kinds": ("sharpen.cli.kinds", "pass@k of a testbed run's methods split by problem kind (plain, trap, twice)"),
 }
 
 
@@ -43,13 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
+    # imported once a command is known: `sharpen --help` and a mistyped command answer without loading torch
     from sharpen.sampling.models import ModelLoadError
 
     hf_logging.set_verbosity_error()  # weight-loading bars and notices drown the run's own output
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's
-
-    from sharpen.errors import UsageError
 
     try:
         module = importlib.import_module(COMMANDS[command][0])
@@ -69,5 +71,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,8 @@
 
 Parses the flags into analysis.AnalysisConfig and sharpen.runs.tracking.WandbConfig, calls
 analysis.analyze (which scores into RUN_DIR/scores/, never modifying samples/*.jsonl) and
-prints a summary. The wandb flags are WandbConfig's fields with a `wandb` prefix.
+prints a summary. The wandb flags are WandbConfig's fields with a `wandb` prefix and its defaults
+(--wandb auto: $WANDB_MODE when set, else offline).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from sharpen.runs.tracking import WandbConfig
 
 from .args import ArgumentParser
 
-CLI_WANDB_MODE = "auto"  # the command's default: $WANDB_MODE when set, else offline
-
 
 def _wandb_flag(name: str) -> str:
     return "wandb" if name == "mode" else f"wandb_{name}"
@@ -33,7 +32,7 @@ def make_parser():
     parser.add_argument("run_dir", metavar="RUN_DIR", help="Run directory holding samples/<name>.jsonl.")
     for f in fields(WandbConfig):  # --wandb, --wandb-project, ...: WandbConfig's own fields and help
         dest = _wandb_flag(f.name)
-        default = CLI_WANDB_MODE if f.name == "mode" else (None if f.default is MISSING else f.default)
+        default = None if f.default is MISSING else f.default  # mode: tracking.DEFAULT_MODE
         names = dict.fromkeys([f"--{dest}", f"--{dest.replace('_', '-')}"])
         parser.add_argument(*names, dest=dest, default=default, metavar=f.name.upper(),
                             help=f.metadata["help"])

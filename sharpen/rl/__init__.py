@@ -1,22 +1,33 @@
-"""GRPO baseline through TRL: `grpo_train` is the whole stage in one call, `grade_reward` adapts a task grader.
+"""GRPO through TRL, the baseline the power samplers are compared with: a task's grader is the reward.
 
     from sharpen.rl import default_grpo_args, grpo_train, grade_reward
     cost = grpo_train(model_path, tokenizer, dataset, grade_reward(task.grade, problems), {"output_dir": "runs/x"})
 
-GRPO's completions come from `sampling.sample` (sharpen.rl.rollouts, TRL's rollout_func
-hook) unless `rollouts="trl"` asks for TRL's own model.generate.
+    grpo.py       grpo_train: GRPOTrainer with the run defaults, batch/LoRA checks, resume, cost.json, metrics.json
+    rewards.py    grade_reward: a task's grade(problem, completion) as a TRL reward function
+    rollouts.py   GRPO's completions from sampling.sample (TRL's rollout_func hook), or TRL's own generate
+    settings.py   GrpoRunArgs, GrpoSettings, a study's grpo section as settings (study_mapping)
+    merge.py      the one merge of defaults, a YAML mapping and flags: trl.TrlParser (SettingsParser)
+    rundir.py     run.json identity, resume and ownership checks, recorded checkpoints (grpo_model_spec)
+    launch.py     the accelerate relaunch and accelerate-config checks
+    stage.py      the GRPO stage: train set, checks before any work (preflight), train_grpo, run_grpo
 
-This package knows nothing of tasks or the CLI: `sharpen/rl/stage.py` builds the
-dataset and the reward from a task, merges the settings, and hands them here.
+The `sharpen grpo` command is sharpen.cli.grpo; a study calls stage.check_grpo_settings and
+stage.train_grpo.
 
-    python -m pytest --doctest-modules rl_baselines   # the docstring examples
+    python -m pytest --doctest-modules sharpen/rl   # the docstring examples
 """
 
 from .grpo import (DEFAULT_LORA_TARGETS, check_grpo_args, default_grpo_args, default_model_args, grpo_config,
-                   grpo_train, is_finished, last_checkpoint, lora_config, lora_targets)
+                   grpo_train, is_finished, last_checkpoint, lora_config, lora_targets, trl_defaults)
 from .rewards import completion_text, grade_reward
 from .rollouts import DEFAULT_ROLLOUTS, ROLLOUT_KINDS, check_rollouts, sharpen_rollouts
+from .rundir import grpo_model_spec, record_checkpoint
+from .settings import GrpoRunArgs, GrpoSettings, settings_from_mapping
+from .stage import check_grpo_settings, check_train_split, run_grpo, train_grpo
 
-__all__ = ["DEFAULT_LORA_TARGETS", "DEFAULT_ROLLOUTS", "ROLLOUT_KINDS", "check_grpo_args", "check_rollouts",
-           "completion_text", "default_grpo_args", "default_model_args", "grade_reward", "grpo_config", "grpo_train",
-           "is_finished", "last_checkpoint", "lora_config", "lora_targets", "sharpen_rollouts"]
+__all__ = ["DEFAULT_LORA_TARGETS", "DEFAULT_ROLLOUTS", "GrpoRunArgs", "GrpoSettings", "ROLLOUT_KINDS",
+           "check_grpo_args", "check_grpo_settings", "check_rollouts", "check_train_split", "completion_text",
+           "default_grpo_args", "default_model_args", "grade_reward", "grpo_config", "grpo_model_spec", "grpo_train",
+           "is_finished", "last_checkpoint", "lora_config", "lora_targets", "record_checkpoint", "run_grpo",
+           "settings_from_mapping", "sharpen_rollouts", "train_grpo", "trl_defaults"]

@@ -25,10 +25,17 @@ when called again; once cost.json exists the run is finished and is not retraine
 Under `accelerate launch` every process calls it; only the main process writes files
 and logs to wandb (sharpen.runs.tracking: the run id is kept in output_dir/wandb_run_id, so a
 resumed run continues its wandb run).
+
+trl is imported inside the functions that use it: its GRPOConfig alone takes ~3 s to import,
+which `sharpen sample` and a study's config check should not pay.
+
+    python -m pytest -q tests/test_grpo.py tests/test_grpo_rollouts.py
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -41,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from sharpen.analysis.stats import first_and_last_fifth
 from sharpen.errors import UsageError
 from sharpen.runs.files import write_text_atomic
 from sharpen.runs.tracking import WandbConfig, start_run
@@ -107,6 +115,26 @@ def default_model_args() -> dict:
     return {"lora_target_modules": DEFAULT_LORA_TARGETS}
 
 
+@functools.cache
+def trl_defaults() -> dict:
+    """trl.GRPOConfig's own field defaults: what TRL uses for each setting the run leaves out.
+
+    >>> trl_defaults()["num_generations"], trl_defaults()["steps_per_generation"]
+    (8, None)
+    """
+    from trl import GRPOConfig
+
+    return {f.name: f.default for f in dataclasses.fields(GRPOConfig) if f.default is not dataclasses.MISSING}
+
+
+def output_dir_of(args: dict) -> Path:
+    """A run's output_dir from its GRPOConfig fields; UsageError when it has none (nothing could be saved)."""
+    if not args.get("output_dir"):
+        raise UsageError("give --output-dir (output_dir in GRPO settings): where the trained model, metrics and "
+                         "cost go")
+    return Path(args["output_dir"])
+
+
 def check_grpo_args(args: dict, num_processes: int, num_prompts: int | None = None) -> None:
     """Reject batch settings that TRL would reject cryptically (or that silently break groups); one-line UsageError.
 
@@ -124,14 +152,15 @@ def check_grpo_args(args: dict, num_processes: int, num_prompts: int | None = No
 completions per generation round must be a multiple of num_generations (8): change one of them (num_generations \
 dividing 4: 2, 4)
     """
-    g = int(args.get("num_generations") or 8)
+    args = trl_defaults() | {k: v for k, v in args.items() if v is not None}
+    g = int(args["num_generations"])
     if g < 2:
         raise UsageError(f"num_generations must be >= 2 (GRPO compares completions within a prompt's group), got {g}")
-    per_device = int(args.get("per_device_train_batch_size", 8))
+    per_device = int(args["per_device_train_batch_size"])
     if per_device < 1:
         raise UsageError(f"per_device_train_batch_size must be >= 1, got {per_device}")
-    accum = int(args.get("gradient_accumulation_steps", 1))
-    spg, gen_bs = args.get("steps_per_generation"), args.get("generation_batch_size")
+    accum = int(args["gradient_accumulation_steps"])
+    spg, gen_bs = args["steps_per_generation"], args["generation_batch_size"]
     global_bs = per_device * num_processes
     if spg is not None and gen_bs is not None:
         raise UsageError("set steps_per_generation or generation_batch_size, not both")
@@ -144,7 +173,7 @@ dividing 4: 2, 4)
     else:
         spg = int(spg) if spg is not None else accum
         gen_bs = global_bs * spg
-        name = "steps_per_generation" if args.get("steps_per_generation") is not None else "gradient_accumulation_steps"
+        name = "steps_per_generation" if args["steps_per_generation"] is not None else "gradient_accumulation_steps"
         how = (f"per_device_train_batch_size ({per_device}) x processes ({num_processes}) x {name} ({spg}) "
                f"= {gen_bs} completions per generation round")
     if gen_bs % g:
@@ -154,10 +183,10 @@ dividing 4: 2, 4)
     if num_prompts is not None and num_prompts < gen_bs // g:
         raise UsageError(f"a generation round needs {gen_bs // g} distinct prompts ({gen_bs} completions / "
                          f"num_generations {g}) but the training set has {num_prompts}")
-    if args.get("max_completion_length") is not None and int(args["max_completion_length"]) < 1:
+    if int(args["max_completion_length"]) < 1:
         raise UsageError(f"max_completion_length must be >= 1, got {args['max_completion_length']}")
-    if not float(args.get("temperature", 1.0)) > 0:
-        raise UsageError(f"temperature must be > 0, got {args.get('temperature')}")
+    if not float(args["temperature"]) > 0:
+        raise UsageError(f"temperature must be > 0, got {args['temperature']}")
 
 
 def grpo_config(values: dict | None = None, *, output_dir: str | os.PathLike | None = None,
@@ -172,8 +201,7 @@ def grpo_config(values: dict | None = None, *, output_dir: str | os.PathLike | N
     values = default_grpo_args() | dict(values or {})
     if output_dir is not None:
         values["output_dir"] = str(output_dir)
-    if not values.get("output_dir"):
-        raise UsageError("GRPO settings need an output_dir (where the model, metrics and cost go)")
+    output_dir_of(values)
     check_grpo_args(values, PartialState().num_processes, num_prompts)
     try:
         return GRPOConfig(**values)
@@ -219,8 +247,6 @@ def lora_config(model_path: str, model_args):
     Its target modules are checked to exist in the model first (the model's config is read,
     not its weights); UsageError in one line otherwise.
     """
-    import dataclasses
-
     from trl import get_peft_config
 
     if not model_args.use_peft:
@@ -327,11 +353,11 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     checked). `base_model_spec` is written as a LoRA adapter's base model (default:
     `model`), so it can be a portable name rather than a cache path. With "wandb" in
     `args.report_to` the main process logs to a run opened by sharpen.runs.tracking.start_run
-    under `args.run_name` (`wandb`, default offline); with wandb off, "wandb" is dropped
+    under `args.run_name` (`wandb`, default WandbConfig(): mode auto); with wandb off, "wandb" is dropped
     from report_to. `rollouts` says who samples the completions: "sharpen" (`sampling.sample`
     through TRL's rollout_func, sharpen.rl.rollouts) or "trl" (TRL's own model.generate).
     """
-    from trl import GRPOTrainer, get_quantization_config
+    from trl import GRPOTrainer
 
     check_rollouts(rollouts, args if isinstance(args, dict) else args.to_dict())
     if isinstance(args, dict):
@@ -342,13 +368,7 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     wandb = wandb or WandbConfig()
     if "wandb" in args.report_to and not wandb.enabled:
         args.report_to = [name for name in args.report_to if name != "wandb"]
-    peft_config = quantization_config = None
-    if model_args is not None:
-        peft_config = lora_config(model, model_args)
-        quantization_config = get_quantization_config(model_args)
-        args.model_init_kwargs = {"revision": model_args.model_revision,
-                                  "attn_implementation": model_args.attn_implementation,
-                                  "dtype": model_args.dtype} | (args.model_init_kwargs or {})
+    peft_config, quantization_config = _model_settings(model, args, model_args)
     resume = last_checkpoint(output_dir)
     previous = None
     if resume is not None and (resume / CHECKPOINT_COST_FILE).exists():
@@ -368,28 +388,47 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
                                   quantization_config=quantization_config,
                                   callbacks=[tracker.callback(), *(callbacks or [])],
                                   rollout_func=sharpen_rollouts if rollouts == "sharpen" else None)
-        if rollouts == "sharpen" and trainer.is_fsdp_enabled:
-            raise UsageError("rollouts: sharpen does not run under FSDP (each process decodes a different number "
-                             "of steps): use rollouts: trl")
+        check_rollouts(rollouts, fsdp=trainer.is_fsdp_enabled)  # FSDP set by `accelerate launch`, known only here
         tracker.accelerator = trainer.accelerator
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.save_model(str(output_dir))  # every process: ZeRO-3 / FSDP gather the weights here
         cost = _cost(trainer, tracker.totals(), resume, rollouts)
         if trainer.accelerator.is_main_process:
-            if peft_config is not None:
-                _set_adapter_base(output_dir, base_model_spec or model)
-            write_text_atomic(output_dir / CONFIG_FILE, args.to_json_string())
-            write_text_atomic(output_dir / METRICS_FILE, json.dumps(
-                {"log_history": trainer.state.log_history, "summary": _summary(trainer.state.log_history)}, indent=1))
-            # cost.json goes last: its presence marks the run as finished.
-            write_text_atomic(output_dir / COST_FILE, json.dumps(cost, indent=2))
-            if not keep_checkpoints:
-                for path in output_dir.glob("checkpoint-*"):
-                    shutil.rmtree(path, ignore_errors=True)
+            _save_results(trainer, cost, adapter_base=(base_model_spec or model) if peft_config is not None else None,
+                          keep_checkpoints=keep_checkpoints)
         trainer.accelerator.wait_for_everyone()
     finally:
         run.finish()
     return cost
+
+
+def _model_settings(model: str, args, model_args) -> tuple:
+    """(peft_config, quantization_config) from a trl.ModelConfig, whose loading options go under
+    args.model_init_kwargs (which win), as TRL's own `trl grpo` script does; (None, None) without one."""
+    from trl import get_quantization_config
+
+    if model_args is None:
+        return None, None
+    args.model_init_kwargs = {"revision": model_args.model_revision,
+                              "attn_implementation": model_args.attn_implementation,
+                              "dtype": model_args.dtype} | (args.model_init_kwargs or {})
+    return lora_config(model, model_args), get_quantization_config(model_args)
+
+
+def _save_results(trainer, cost: dict, *, adapter_base: str | None, keep_checkpoints: bool) -> None:
+    """The main process's files once the model is saved: grpo_config.json, metrics.json, then cost.json."""
+    output_dir = Path(trainer.args.output_dir)
+    if adapter_base is not None:
+        _set_adapter_base(output_dir, adapter_base)
+    write_text_atomic(output_dir / CONFIG_FILE, trainer.args.to_json_string())
+    history = trainer.state.log_history
+    write_text_atomic(output_dir / METRICS_FILE, json.dumps({"log_history": history, "summary": _summary(history)},
+                                                            indent=1))
+    # cost.json goes last: its presence marks the run as finished.
+    write_text_atomic(output_dir / COST_FILE, json.dumps(cost, indent=2))
+    if not keep_checkpoints:
+        for path in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _cost(trainer, totals: dict, resume: Path | None, rollouts: str) -> dict:
@@ -416,9 +455,7 @@ def _summary(log_history: list[dict]) -> dict:
     rewards = [row["reward"] for row in log_history if isinstance(row.get("reward"), (int, float))]
     out = {"logged_steps": len(rewards)}
     if rewards:
-        k = max(1, len(rewards) // 5)
-        out["reward_first"] = sum(rewards[:k]) / k
-        out["reward_last"] = sum(rewards[-k:]) / k
+        out["reward_first"], out["reward_last"] = first_and_last_fifth(rewards)
     final = [row for row in log_history if "train_loss" in row]
     if final:
         out["train_loss"] = final[-1]["train_loss"]

@@ -25,11 +25,18 @@ be the log-probs of the sampled tokens under the processed distribution actually
 from (vLLM's processed_logprobs). `sampling.sample` reports log p at temperature 1, which is
 that distribution exactly when temperature is 1 and top-k / top-p are off; otherwise the
 hook returns None, which TRL accepts and which is correct since it uses them nowhere else.
+
+    python -m pytest -q tests/test_grpo_rollouts.py
 """
 
 from __future__ import annotations
 
 import contextlib
+
+import torch
+
+from sharpen.errors import UsageError
+from sharpen.sampling import derive_seed, sample
 
 ROLLOUT_KINDS = ("sharpen", "trl")
 # The faster kind in benchmarks/bench_grpo.py (SmolLM2-135M, LoRA, 16 x 64 tokens on CPU: generation
@@ -37,23 +44,33 @@ ROLLOUT_KINDS = ("sharpen", "trl")
 DEFAULT_ROLLOUTS = "sharpen"
 
 
-def check_rollouts(rollouts: str, args: dict | None = None) -> None:
-    """Refuse an unknown rollout kind, or GRPOConfig settings that `sampling.sample` cannot honour; one-line UsageError.
+def check_rollouts(rollouts: str, args: dict | None = None, *, fsdp: bool = False) -> None:
+    """Refuse an unknown rollout kind, or settings that `sampling.sample` cannot honour; one-line UsageError.
 
-    `args` holds GRPOConfig fields (missing ones take TRL's defaults).
+    `args` holds GRPOConfig fields (missing ones take TRL's defaults); `fsdp`: the run is (to be)
+    sharded by FSDP, whether through GRPOConfig's `fsdp` or an accelerate config.
 
     >>> check_rollouts("sharpen", {"temperature": 0.7, "top_k": 0, "top_p": 1.0})
     >>> check_rollouts("vllm")
     Traceback (most recent call last):
     ...
     sharpen.errors.UsageError: rollouts must be one of sharpen, trl, got 'vllm'
+    >>> check_rollouts("sharpen", fsdp=True)
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: rollouts: sharpen does not run under FSDP (each process decodes a different number \
+of steps): use rollouts: trl
     """
-    from sharpen.errors import UsageError
-
     if rollouts not in ROLLOUT_KINDS:
         raise UsageError(f"rollouts must be one of {', '.join(ROLLOUT_KINDS)}, got {rollouts!r}")
-    if rollouts != "sharpen" or not args:
+    args = args or {}
+    if rollouts != "sharpen":
         return
+    if fsdp or args.get("fsdp"):
+        # sample() runs a different number of forward passes on each process (rows leave early),
+        # which FSDP's per-forward all-gathers cannot follow.
+        raise UsageError("rollouts: sharpen does not run under FSDP (each process decodes a different number of "
+                         "steps): use rollouts: trl")
     # Other generation backends and generation settings that sample() has no counterpart for.
     unsupported = [name for name in ("use_vllm", "use_transformers_continuous_batching", "use_transformers_paged")
                    if args.get(name)]
@@ -63,10 +80,6 @@ def check_rollouts(rollouts: str, args: dict | None = None) -> None:
         unsupported.append(f"repetition_penalty ({args['repetition_penalty']})")
     if args.get("generation_kwargs"):
         unsupported.append("generation_kwargs")
-    if args.get("fsdp"):
-        # sample() runs a different number of forward passes on each process (rows leave early),
-        # which FSDP's per-forward all-gathers cannot follow.
-        unsupported.append("fsdp")
     if args.get("ds3_gather_for_generation") is False:
         unsupported.append("ds3_gather_for_generation false")
     if unsupported:
@@ -93,8 +106,6 @@ def sampling_settings(args) -> dict:
 
 def rollout_seeds(trainer, count: int) -> list[int]:
     """Per-completion seeds of this generation round: derive_seed(args.seed, global_step, process_index, index)."""
-    from sharpen.sampling import derive_seed
-
     step, rank = int(trainer.state.global_step), int(trainer.accelerator.process_index)
     return [derive_seed(int(trainer.args.seed), step, rank, i) for i in range(count)]
 
@@ -103,7 +114,7 @@ def rollout_seeds(trainer, count: int) -> list[int]:
 def current_policy(trainer):
     """The trainer's model as it is now, ready to sample: unwrapped (DDP, ZeRO-3 gathered), the peft base model with
     its LoRA layers active, every module in eval mode, and the trainer's EOS ids; all restored on exit."""
-    from trl.models.utils import unwrap_model_for_generation
+    from trl.models.utils import unwrap_model_for_generation  # trl: imported where used (start-up time)
 
     dist = getattr(trainer, "_dist", None)
     with (
@@ -132,10 +143,6 @@ def current_policy(trainer):
 
 def sample_policy(trainer, prompt_ids: list[list[int]], seeds: list[int]):
     """One completion of each prompt from the trainer's current policy with its GRPOConfig settings: SampleResults."""
-    import torch
-
-    from sharpen.sampling import sample
-
     settings = sampling_settings(trainer.args)
     with current_policy(trainer) as policy, torch.no_grad():
         return sample(policy, [list(map(int, ids)) for ids in prompt_ids], seeds=seeds,

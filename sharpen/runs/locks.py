@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sharpen.errors import UsageError
+from .files import make_output_dir
 from .processes import is_main_process
 
 LOCK_FILE = ".sharpen.lock"
@@ -86,8 +87,6 @@ def hold_run_dir(run_dir: str | os.PathLike, command: str):
         yield path
         return
     _check_outer_locks(path)
-    from .files import make_output_dir
-
     created = not path.exists()
     make_output_dir(path)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

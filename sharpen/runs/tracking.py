@@ -6,8 +6,10 @@
     is_logging(run)   # False for the null run: skip building what only wandb would show
 
 Modes: `offline` (runs land in DIR/wandb, upload later with `wandb sync`), `online`, `off`
-(wandb is never imported), and `auto` ($WANDB_MODE when set, else offline). Only the main
-process of a launched group opens a real run; the others get the null run.
+(wandb is never imported), and `auto` ($WANDB_MODE when set, else offline). DEFAULT_MODE
+(`auto`) is every default: a WandbConfig made without a mode, a study without `wandb.mode`,
+`sharpen analyze` and `sharpen grpo` without --wandb. Only the main process of a launched
+group opens a real run; the others get the null run.
 
 `keep_id=True` keeps the run's id in DIR/wandb_run_ids.json under its name, so a later session
 that starts a run of the same name resumes it: online, the one run is updated in place (no
@@ -29,6 +31,10 @@ from .files import write_text_atomic
 from .processes import is_main_process
 
 MODES = ("auto", "offline", "online", "off")
+# `auto` rather than `offline`: a user's $WANDB_MODE (e.g. disabled on a cluster) is obeyed unless a
+# config or flag names a mode; without it, auto is offline.
+DEFAULT_MODE = "auto"
+DEFAULT_PROJECT = "sharpen"
 RUN_IDS_FILE = "wandb_run_ids.json"
 
 
@@ -36,9 +42,9 @@ RUN_IDS_FILE = "wandb_run_ids.json"
 class WandbConfig:
     """Where runs are logged; the study's `wandb:` section and the CLI flags fill this one dataclass."""
 
-    mode: str = field(default="offline", metadata={
-        "help": "offline | online | off (never imports wandb) | auto ($WANDB_MODE if set, else offline)."})
-    project: str = field(default="sharpen", metadata={"help": "wandb project."})
+    mode: str = field(default=DEFAULT_MODE, metadata={
+        "help": "auto ($WANDB_MODE if set, else offline) | offline | online | off (never imports wandb)."})
+    project: str = field(default=DEFAULT_PROJECT, metadata={"help": "wandb project (WANDB_PROJECT wins if set)."})
     entity: str | None = field(default=None, metadata={"help": "wandb entity (team or user)."})
     group: str | None = field(default=None, metadata={"help": "wandb group, e.g. the study name."})
 

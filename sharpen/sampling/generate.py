@@ -24,6 +24,12 @@ from .models import cached_forward, context_length, eos_token_ids
 from .timeshare import TimeShare
 
 
+# Completions decoded together unless a caller says otherwise: sample() here, base and low_temp's
+# settings, and a study's `batch_size` (which every instance with that setting inherits). It changes
+# memory and speed, not what a seed draws; outside a study power_mh (64) and power_sps (8) keep their own.
+DEFAULT_BATCH_SIZE = 32
+
+
 @dataclass
 class SampleResult:
     """One completion: generated tokens only, per-token base log-probs, and its cost."""
@@ -65,7 +71,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new_tokens: int,
            top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-           seeds: list[int] | None = None, batch_size: int = 64,
+           seeds: list[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
            on_result: Callable[[int, SampleResult], None] | None = None) -> list[SampleResult]:
     """Sample one completion per prompt (a list of token ids) from the model at `temperature`.
 

@@ -1,27 +1,41 @@
-"""The method registry: every way of producing completions, declared once with its settings dataclass.
+"""The method registry: every way of producing completions, declared once with its settings dataclass and traits.
 
     from sharpen.sampling.methods import get_method, registered_methods
     method = get_method("power_mh")
     settings = method.settings(alpha=2.0, mcmc_steps=4)           # sampling.PowerSamplingConfig
     results = method.run(model, prompt_ids, settings, seeds=seeds, on_result=callback)
     method.temperature(settings)                                   # what records carry as `temperature`
+    method.equal_compute_reference, method.samples_base_distribution   # traits the analysis reads
 
 `sharpen sample --method`, the study YAML (`methods: [base, {name: power_mh_a2, method: power_mh,
-alpha: 2.0}]`), the benchmarks and the analysis all read the list and the settings from here.
-Adding a method is one module that calls `register(Method(...))` (and is imported by this
-package, or by the caller before use):
+alpha: 2.0}]`), the benchmarks and the analysis all read the list, the settings and the traits
+from here; nothing tests a method by its name. Adding a method is one module that registers a
+`Method`:
 
     @dataclass
     class MySettings:
+        temperature: float = 0.7
         max_new_tokens: int = 512
         batch_size: int = 32
 
-    register(Method(name="mine", settings=MySettings, run=my_run, description="..."))
+    MINE = Method(name="mine", settings=MySettings, run=my_run, description="...")
 
 where `my_run(model, prompts, settings, *, seeds, on_result) -> list[SampleResult]` returns one
 completion per prompt (token ids, per-token base log-probs, finish reason, stats) and calls
-`on_result(i, result)` as soon as completion i is done. `model="rl"` marks a method that samples
-the GRPO-trained model instead of the base model. The study fills a settings field named
+`on_result(i, result)` as soon as completion i is done. Then either
+
+- in the same process, before use: `sharpen.register_method(MINE)` (a notebook, a script); or
+- from another installed package, so that `sharpen sample --method mine`, `sharpen study` and
+  accelerate's child processes all find it: an entry point in that package's pyproject.toml,
+
+      [project.entry-points."sharpen.methods"]
+      mine = "mypkg.sampler:MINE"
+
+  read once, on the first lookup (see sharpen.runs.plugins). A plug-in that fails to import, names
+  something other than a Method, or reuses a registered name is a one-line UsageError.
+
+The fields after `description` are the method's traits (what it samples, which temperature its
+records carry, whether it decodes token by token); the study fills a settings field named
 `alpha`, `max_new_tokens` or `batch_size` from the study-level key of that name unless the
 method's section or instance sets it.
 """
@@ -29,15 +43,21 @@ method's section or instance sets it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sharpen.errors import UsageError
+from sharpen.runs.plugins import METHODS_GROUP, PluginGroup, short
+
 from .draw import check_alpha, check_integers, validate_processing
-from .generate import SampleResult, sample
+from .generate import DEFAULT_BATCH_SIZE, SampleResult, sample
 from .models import check_full_attention
 from .power import PowerSamplingConfig, power_sample
 from .smc import SMCConfig, smc_sample
 from .sps import SPSConfig, sps_sample
+
+MODELS = ("base", "rl")  # what a method may sample: the base model or the GRPO-trained one
 
 
 def _check_sizes(settings) -> None:
@@ -51,7 +71,7 @@ class BaseSamplingConfig:
     top_k: int | None = field(default=None, metadata={"help": "Keep only the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1] (None: off)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of one completion (>= 1)."})
-    batch_size: int = field(default=32, metadata={"help": "Completions decoded together."})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Completions decoded together."})
 
     def __post_init__(self):
         _check_sizes(self)
@@ -70,7 +90,7 @@ class LowTempConfig:
     top_k: int | None = field(default=None, metadata={"help": "Keep only the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1] (None: off)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of one completion (>= 1)."})
-    batch_size: int = field(default=32, metadata={"help": "Completions decoded together."})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Completions decoded together."})
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -100,7 +120,7 @@ def _run_sps(model, prompts, settings, *, seeds, on_result=None) -> list[SampleR
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its name, settings dataclass, sampling function and what it samples."""
+    """A registered method: its name, settings dataclass, sampling function, and the traits the analysis reads."""
 
     name: str
     settings: type
@@ -109,6 +129,12 @@ class Method:
     model: str = "base"  # "base": samples the base model; "rl": samples the GRPO-trained model
     # The temperature records carry (for samplers with a proposal, the proposal's temperature).
     temperature: Callable[[object], float] = lambda settings: float(settings.temperature)
+    # Decodes each completion token by token from its model, no search or resampling: i.i.d. completions
+    # at one decode each (with model="base", a cheap reference that samplers are compared to at equal compute).
+    plain_decoding: bool = False
+    # Records' token_logprobs (the model's log-probs at temperature 1) are those of the distribution each
+    # token was drawn from, top-k/top-p aside: token entropy can be estimated from them.
+    proposal_logprobs: bool = False
     # How many prompts to hand `run` at once: None = all (the sampler refills its own batch), else
     # settings.batch_size (records are written as each call's completions finish either way).
     chunked: bool = True
@@ -116,6 +142,33 @@ class Method:
     not_identity: tuple[str, ...] = ("batch_size",)
     # Raises ValueError when the sampler cannot serve `model` (checked before any sampling).
     check_model: Callable[[object], None] | None = None
+
+    def __post_init__(self):
+        if not dataclasses.is_dataclass(self.settings):
+            raise TypeError(f"method {self.name}: settings must be a dataclass, got {self.settings!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"method {self.name}: model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.proposal_logprobs and not self.plain_decoding:
+            raise ValueError(f"method {self.name}: proposal_logprobs needs plain_decoding (per-token proposals)")
+
+    @property
+    def equal_compute_reference(self) -> bool:
+        """Plain sampling of the base model: the k cheap samples a sampler's one completion is weighed against.
+
+        >>> [m for m in registered_methods() if get_method(m).equal_compute_reference]
+        ['base', 'low_temp']
+        """
+        return self.plain_decoding and self.model == "base"
+
+    @property
+    def samples_base_distribution(self) -> bool:
+        """Draws from p itself (the base model at temperature 1): what crossover, boundary and support compare
+        the others against, and no equal-compute row of its own.
+
+        >>> [m for m in registered_methods() if get_method(m).samples_base_distribution]
+        ['base']
+        """
+        return self.proposal_logprobs and self.model == "base"
 
     def make_settings(self, **values):
         """The settings dataclass from `values`; ValueError names an unknown field and lists the accepted ones.
@@ -142,49 +195,102 @@ class Method:
         values = dataclasses.asdict(settings)
         return {k: v for k, v in values.items() if k not in self.not_identity}
 
+    def with_defaults(self, saved: dict) -> dict:
+        """Saved identity settings (as JSON) completed by this method's defaults for the settings they lack.
 
-METHODS: dict[str, Method] = {}
+        The rule for adding a setting to a method: its default reproduces what the method did before,
+        so a run or a study written before the setting existed resumes (the sampling run and the study
+        both compare saved settings through this).
+
+        >>> saved = get_method("low_temp").identity(get_method("low_temp").settings())
+        >>> del saved["top_p"]
+        >>> get_method("low_temp").with_defaults(saved)["top_p"] is None
+        True
+        """
+        return json.loads(json.dumps(self.identity(self.settings()), default=str)) | saved
 
 
-def register(method: Method) -> Method:
-    """Add `method` to the registry (a name may be registered once)."""
-    if method.name in METHODS and METHODS[method.name] is not method:
-        raise ValueError(f"method '{method.name}' is already registered")
-    if not dataclasses.is_dataclass(method.settings):
-        raise TypeError(f"method {method.name}: settings must be a dataclass, got {method.settings!r}")
-    METHODS[method.name] = method
+_METHODS: dict[str, Method] = {}  # in registration order: built-ins, in-process registrations, plug-ins
+_ORIGINS: dict[str, str] = {}  # name -> who registered it, for the message when a name is taken twice
+BUILT_IN = "sharpen itself (built in)"
+
+
+def register_method(method: Method, *, origin: str | None = None) -> Method:
+    """Add `method` to the registry; a name may be registered once (ValueError names both registrants).
+
+    `origin` says who registers it in that message (default: the module of its run function).
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method takes a sharpen.Method, got {type(method).__name__}")
+    origin = origin or f"register_method (module {getattr(method.run, '__module__', '?')})"
+    held = _METHODS.get(method.name)
+    if held is not None and held is not method:
+        raise ValueError(f"method '{method.name}' is already registered, by {_ORIGINS[method.name]}; "
+                         f"{origin} registers it again")
+    _METHODS[method.name] = method
+    _ORIGINS.setdefault(method.name, origin)
     return method
 
 
-def unregister(name: str) -> None:
-    METHODS.pop(name, None)
+def unregister_method(name: str) -> None:
+    """Remove `name` from the registry (tests that register a method of their own)."""
+    _METHODS.pop(name, None)
+    _ORIGINS.pop(name, None)
+
+
+def _check_plugin(name: str, value, origin: str) -> None:
+    if not isinstance(value, Method):
+        raise UsageError(f"{origin} names {short(value)}, not a sharpen.Method")
+    if value.name != name:
+        raise UsageError(f"{origin} names method '{value.name}': name the entry point after its method")
+
+
+_PLUGINS = PluginGroup(METHODS_GROUP, "method", _check_plugin, holder=lambda name: _ORIGINS.get(name),
+                       register=lambda name, method, origin: register_method(method, origin=origin))
+_read_plugins = _PLUGINS.read_once
 
 
 def registered_methods() -> list[str]:
-    return list(METHODS)
+    """Names of the registered methods, built-ins first, then those added in-process and by plug-ins."""
+    _read_plugins()
+    return list(_METHODS)
+
+
+def find_method(name: str) -> Method | None:
+    """The registered method `name`, or None (records made by a plug-in that this process lacks)."""
+    _read_plugins()
+    return _METHODS.get(name)
 
 
 def get_method(name: str) -> Method:
     """The registered method `name`; ValueError listing the registered ones otherwise."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}': registered methods are {', '.join(METHODS)}")
-    return METHODS[name]
+    method = find_method(name)
+    if method is None:
+        raise ValueError(f"unknown method '{name}': registered methods are {', '.join(_METHODS)}")
+    return method
 
 
-register(Method("base", BaseSamplingConfig, _run_plain, "the base model at temperature 1"))
-register(Method("low_temp", LowTempConfig, _run_plain, "the base model at token-level temperature 1/alpha"))
-register(Method("power_mh", PowerSamplingConfig, _run_power,
-                "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
-                temperature=lambda s: float(s.proposal_temperature), chunked=False,
-                not_identity=("batch_size", "implementation"),
-                check_model=lambda model: check_full_attention(model, "power_mh")))
-register(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl"))
-register(Method("power_smc", SMCConfig, _run_smc,
-                "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
-                temperature=lambda s: float(s.proposal_temperature), chunked=False,
-                check_model=lambda model: check_full_attention(model, "power_smc")))
-register(Method("power_sps", SPSConfig, _run_sps,
-                "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
-                "p(x)^alpha (arXiv 2601.21590)",
-                temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
-                check_model=lambda model: check_full_attention(model, "power_sps")))
+def _built_in(method: Method) -> None:
+    register_method(method, origin=BUILT_IN)
+
+
+_built_in(Method("base", BaseSamplingConfig, _run_plain, "the base model at temperature 1", plain_decoding=True,
+                 proposal_logprobs=True))
+_built_in(Method("low_temp", LowTempConfig, _run_plain, "the base model at token-level temperature 1/alpha",
+                 plain_decoding=True))
+_built_in(Method("power_mh", PowerSamplingConfig, _run_power,
+                 "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
+                 temperature=lambda s: float(s.proposal_temperature), chunked=False,
+                 not_identity=("batch_size", "implementation"),
+                 check_model=lambda model: check_full_attention(model, "power_mh")))
+_built_in(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl",
+                 plain_decoding=True, proposal_logprobs=True))
+_built_in(Method("power_smc", SMCConfig, _run_smc,
+                 "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
+                 temperature=lambda s: float(s.proposal_temperature), chunked=False,
+                 check_model=lambda model: check_full_attention(model, "power_smc")))
+_built_in(Method("power_sps", SPSConfig, _run_sps,
+                 "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
+                 "p(x)^alpha (arXiv 2601.21590)",
+                 temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
+                 check_model=lambda model: check_full_attention(model, "power_sps")))

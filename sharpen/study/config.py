@@ -45,16 +45,18 @@ import yaml
 from sharpen.analysis import AnalysisConfig
 from sharpen.configs import find_config
 from sharpen.errors import UsageError
+from sharpen.rl.settings import read_grpo_config
 from sharpen.runs.files import resolve_local
 from sharpen.runs.tracking import WandbConfig
+from sharpen.sampling.generate import DEFAULT_BATCH_SIZE
 from sharpen.sampling.methods import get_method, registered_methods
+from sharpen.tasks import task_factory
 
-from .sample import check_instance_name
+from .sample import check_instance_name, check_profile
 
 DEFAULT_METHODS = ("base", "low_temp", "power_mh", "grpo")
 SHARED_SETTINGS = ("alpha", "max_new_tokens", "batch_size")  # study-level keys that instances inherit
 INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems", "chat")  # keys of a methods entry that are not settings
-PROFILES = ("default", "reference")
 # The reference implementation (aakaran/reasoning-with-sampling) samples through transformers 4.47's
 # generate, whose defaults apply top-k 50 to every sampled method, the MH proposals included.
 REFERENCE_TOP_K = 50
@@ -104,7 +106,7 @@ class StudyConfig:
     num_samples: int = 8
     max_new_tokens: int = 512
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE  # sampling.generate's; not part of the identity
     alpha: float = 4.0
     testbed: TestbedSettings = field(default_factory=TestbedSettings)
     grpo: GrpoStage = field(default_factory=GrpoStage)
@@ -123,8 +125,7 @@ class StudyConfig:
             raise UsageError(f"alpha must be > 0, got {self.alpha}")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
-        if self.profile not in PROFILES:
-            raise UsageError(f"unknown profile '{self.profile}': valid profiles are {', '.join(PROFILES)}")
+        check_profile(self.profile)
         self._apply_profile()
         self.instances = [self._instance(entry, i) for i, entry in enumerate(self.methods)]
         if not self.instances:
@@ -140,18 +141,16 @@ class StudyConfig:
         """The reference profile's task prompt and GRPO chat default (its top-k goes into each instance)."""
         if self.profile != "reference":
             return
-        from sharpen.tasks import TASKS
-
         targets = [(self.task, self.task_args)]
         if self.grpo.task is not None:
             targets.append((self.grpo.task, self.grpo.task_args))
         for task, task_args in targets:  # e.g. math500's prompt=reference_math: the reference's exact text
-            for key, value in getattr(TASKS.get(task), "reference_options", {}).items():
+            for key, value in getattr(task_factory(task), "reference_options", {}).items():
                 task_args.setdefault(key, value)
         if self.grpo.chat is None:
             # The reference prompts the RL checkpoint through its chat template on math (format_prompt), and
             # with the raw prompt on HumanEval and GPQA, as it does the base model.
-            self.grpo.chat = bool(getattr(TASKS.get(self.task), "reference_rl_chat", False))
+            self.grpo.chat = bool(getattr(task_factory(self.task), "reference_rl_chat", False))
 
     @property
     def grpo_task(self) -> tuple[str, dict]:
@@ -332,9 +331,7 @@ def _grpo_stage(section) -> GrpoStage:
     chat = _check_type(section.pop("chat", None), bool | None, "grpo.chat")
     base_file = _check_type(section.pop("config", None), str | None, "grpo.config")
     if base_file is not None:  # a `sharpen grpo --config` file (e.g. grpo_gpu), under the section's own keys
-        from sharpen.rl.stage import _read_yaml
-
-        section = _read_yaml(str(find_config(base_file, "grpo", what="grpo.config"))) | section
+        section = read_grpo_config(base_file, what="grpo.config") | section
     return GrpoStage(train=train, checkpoint=checkpoint, task=task,
                      task_args=dict(task_args or {}) if task is not None else None, chat=chat, settings=section)
 

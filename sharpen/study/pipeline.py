@@ -19,6 +19,8 @@ Stages, each skipped when its output is complete and resumed when it was cut sho
 A killed study restarted with the same command finishes with every record exactly once.
 Everything a user can get wrong (unknown keys, methods, a model or dataset that cannot be
 loaded here, a directory holding another study) is checked before any work starts.
+
+    python -m pytest -q tests/test_study.py
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import yaml
-
+from sharpen import analysis
 from sharpen.errors import UsageError
+from sharpen.rl import check_grpo_settings, check_train_split, grpo_model_spec, record_checkpoint, train_grpo
 from sharpen.runs.files import check_output_dir, looks_like_path, write_text_atomic
 from sharpen.runs.locks import clear_run_dir, hold_run_dir, holds_only_lock
 from sharpen.runs.processes import current_shard
 from sharpen.runs.provenance import environment
 from sharpen.runs.records import read_records
-from sharpen.sampling.methods import get_method
-
-from sharpen.study.sample import SampleRunArgs, format_summary as format_sampling, load_problems, run as run_sampling, summarize
-from sharpen.study.config import StudyConfig, load_study_config
+from sharpen.sampling import load_model
+from sharpen.sampling.methods import find_method, get_method
+from sharpen.sampling.models import BUILTIN_MODELS
 from sharpen.tasks import get_task
+from sharpen.testbed import build_testbed
+
+from .config import StudyConfig
+from .sample import SampleRunArgs, format_summary as format_sampling, load_problems, run as run_sampling, summarize
 
 STUDY_FILE = "study.json"
 
@@ -51,8 +56,6 @@ STUDY_FILE = "study.json"
 
 def check_model_available(spec: str, what: str = "model") -> None:
     """Fail at once, with a clear message, when `spec` cannot be loaded on this machine."""
-    from sharpen.sampling.models import BUILTIN_MODELS
-
     if spec == "testbed":
         return
     if spec in BUILTIN_MODELS:
@@ -86,18 +89,14 @@ def check_model_available(spec: str, what: str = "model") -> None:
 
 def preflight(config: StudyConfig) -> None:
     """Everything a user can get wrong, checked before any stage runs (and before study.json is written)."""
-    from sharpen.rl.stage import check_grpo_settings
-
     task = get_task(config.task, **config.task_args)
     task.check_split(config.split)
     if config.needs_rl_model:
         if config.grpo.train:
             train_task, train_args = config.grpo_task
-            splits = task.splits if config.grpo.task is None else get_task(train_task, **train_args).splits
-            if "train" not in splits:
-                raise UsageError(f"GRPO needs a train split, and task '{train_task}' has only {', '.join(splits)}: "
-                                 f"give grpo.task (a task with a train split, e.g. math for math500), drop grpo "
-                                 f"from methods, or give grpo.checkpoint")
+            check_train_split(task if config.grpo.task is None else get_task(train_task, **train_args),
+                              advice="give grpo.task (a task with a train split, e.g. math for math500), drop grpo "
+                                     "from methods, or give grpo.checkpoint")
             # The testbed is built later; its GRPO settings are checked against the task alone.
             check_grpo_settings(config.grpo.settings, model=None if config.model == "testbed" else config.model,
                                 task=train_task, task_args=train_args, chat=config.grpo_chat,
@@ -118,25 +117,13 @@ def _has_finished_work(run_dir: Path) -> bool:
     return grpo.is_dir() and ((grpo / "cost.json").exists() or any(grpo.glob("checkpoint-*")))
 
 
-def _with_new_defaults(identity: dict) -> dict:
-    """A saved study identity with each instance's settings completed by its method's defaults.
-
-    A setting added to a method since the study was written (power_mh's `position`) counts as
-    its default, and an instance without its own `num_problems` has the study's, so the study resumes.
-    """
-    identity.setdefault("profile", "default")  # settings added since: their defaults
-    if isinstance(identity.get("grpo"), dict):
-        for key in ("task", "task_args", "chat"):
-            identity["grpo"].setdefault(key, None)
+def _with_method_defaults(identity: dict) -> dict:
+    """A saved study identity whose instances' settings are completed by their methods' defaults
+    (Method.with_defaults: a setting added to a method since counts as its default)."""
     for instance in identity.get("instances") or []:
-        instance.setdefault("num_problems", identity.get("num_problems"))
-        instance.setdefault("chat", identity.get("chat", False))
-        try:
-            method = get_method(instance["method"])
-        except (KeyError, ValueError):
-            continue  # not registered here: the comparison will say so
-        defaults = yaml.safe_load(yaml.safe_dump(method.identity(method.settings())))
-        instance["settings"] = defaults | (instance.get("settings") or {})
+        method = find_method(str(instance.get("method")))
+        if method is not None and isinstance(instance.get("settings"), dict):  # else the comparison says so
+            instance["settings"] = method.with_defaults(instance["settings"])
     return identity
 
 
@@ -149,7 +136,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     run_dir = Path(config.output_dir)
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
-        saved = _with_new_defaults(json.loads(saved_path.read_text()).get("identity", {}))
+        saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
         mine = config.identity()
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if diff and _has_finished_work(run_dir) and not overwrite:
@@ -172,8 +159,6 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
 def base_model_spec(config: StudyConfig, shard) -> str:
     if config.model != "testbed":
         return config.model
-    from sharpen.testbed import build_testbed
-
     if shard.is_main:
         path = build_testbed(seed=config.testbed.seed)
     shard.wait()
@@ -185,8 +170,6 @@ def base_model_spec(config: StudyConfig, shard) -> str:
 def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str:
     """Train GRPO on the train split of its task (grpo.task, else the study's), or record the given
     checkpoint; return the RL model's spec."""
-    from sharpen.rl.stage import grpo_model_spec, record_checkpoint, train_grpo
-
     out = run_dir / "grpo"
     if not config.grpo.train:
         if shard.is_main:
@@ -220,9 +203,6 @@ def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = 
 
 
 def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> dict | None:
-    from sharpen import analysis
-    from sharpen.sampling import load_model
-
     if shard.is_main:
         claim_output_dir(config, overwrite)
     shard.wait()

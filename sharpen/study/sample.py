@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sharpen.analysis.stats import accuracy_interval
 from sharpen.errors import UsageError
 from sharpen.runs.files import check_output_dir, make_output_dir, resolve_local, write_text_atomic
 from sharpen.runs.locks import hold_run_dir
 from sharpen.runs.processes import Shard
 from sharpen.runs.provenance import environment, model_revision
+from sharpen.rl.rundir import grpo_model_spec
 from sharpen.runs.records import ShardedRecords, read_records
 from sharpen.sampling import SampleResult, derive_seed, get_method, load_model, registered_methods
 from sharpen.sampling.generate import check_prompts
@@ -38,6 +40,8 @@ from sharpen.sampling.models import resolve_model_path
 from sharpen.tasks import get_task, parse_task_args
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Which choices a sampling run follows: ours, or the reference implementation's (see sharpen.study.config).
+PROFILES = ("default", "reference")
 
 
 @dataclass
@@ -73,12 +77,16 @@ class SampleRunArgs:
             raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.num_problems is not None and self.num_problems < 1:
             raise UsageError(f"--num-problems must be >= 1, got {self.num_problems}")
-        if self.profile not in ("default", "reference"):
-            raise UsageError(f"unknown --profile '{self.profile}': valid profiles are default, reference")
+        check_profile(self.profile, "--profile")
         self.task_options()  # fail early on a malformed KEY=VALUE
 
     def task_options(self) -> dict:
         return parse_task_args(self.task_args)
+
+
+def check_profile(profile: str, what: str = "profile") -> None:
+    if profile not in PROFILES:
+        raise UsageError(f"unknown {what} '{profile}': valid profiles are {', '.join(PROFILES)}")
 
 
 def check_instance_name(name: str) -> None:
@@ -91,8 +99,6 @@ def check_instance_name(name: str) -> None:
 
 def sample_model_spec(spec: str) -> str:
     """The model a spec stands for: a `sharpen grpo --from-checkpoint` directory names the RL model it records."""
-    from sharpen.rl.stage import grpo_model_spec
-
     return grpo_model_spec(spec) if Path(spec).is_dir() else spec
 
 
@@ -106,11 +112,11 @@ def run_identity(args: SampleRunArgs, settings) -> dict:
             **({"profile": args.profile} if args.profile != "default" else {})}  # absent in older runs: default
 
 
-def _check_saved(config_path: Path, saved: dict, mine: dict, defaults: dict | None = None) -> None:
+def _check_saved(config_path: Path, saved: dict, mine: dict, method) -> None:
     """Refuse to mix records made under other settings, another grader version or another model revision.
 
-    `defaults`: the method's default settings; a setting that a config of an older version lacks
-    (a field added since) counts as its default, so old runs resume.
+    A setting that the saved config lacks (added to the method since) counts as its default
+    (Method.with_defaults), so older runs resume.
     """
     where = config_path.parent
     for key, what in (("grader_version", "grader"), ("model_revision", "model revision")):
@@ -120,7 +126,7 @@ def _check_saved(config_path: Path, saved: dict, mine: dict, defaults: dict | No
     a, b = saved.get("identity") or {}, mine["identity"]
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if "settings" in diff:
-        sa, sb = (defaults or {}) | (a.get("settings") or {}), b["settings"]
+        sa, sb = method.with_defaults(a.get("settings") or {}), b["settings"]
         diff = [d for d in diff if d != "settings"] + sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
     if diff:
         raise UsageError(f"{where} holds records of {mine['name']} made with other settings ({', '.join(diff)}): "
@@ -215,8 +221,7 @@ def _run_locked(args, method, settings, task, problems, model, tokenizer, progre
     # A config left by a session that wrote no record binds nothing: a corrected command replaces it.
     keep_config = config_path.exists() and _has_records(records_path)
     if keep_config:
-        defaults = json.loads(json.dumps(method.identity(method.settings()), default=str))
-        _check_saved(config_path, json.loads(config_path.read_text()), config, defaults)
+        _check_saved(config_path, json.loads(config_path.read_text()), config, method)
     if model is None:
         model, tokenizer = load_model(spec)
 
@@ -305,8 +310,6 @@ def _sample_and_write(args, method, settings, task, tokenizer, model, problems, 
 
 def summarize(records: list[dict]) -> dict:
     """Accuracy (mean over problems of per-problem pass rate) with its 95% interval."""
-    from sharpen.analysis.stats import accuracy_interval
-
     per_problem: dict[str, list[float]] = {}
     for r in records:
         per_problem.setdefault(str(r["problem_id"]), []).append(float(r["correct"]))

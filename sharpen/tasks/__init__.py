@@ -9,13 +9,26 @@
     basic_arithmetic   reasoning-gym basic_arithmetic, 2 one-digit terms, + and -
     reasoning_gym      any reasoning-gym family: get_task("reasoning_gym", dataset="chain_sum")
     testbed            the synthetic testbed (`sharpen testbed`): get_task("testbed", kind="trap")
+
+More tasks: `register_task("mine", MyTask)` in the same process, or, from another installed package
+(so that `sharpen sample --task mine`, a study's `task: mine` and accelerate's child processes all
+find it), an entry point in that package's pyproject.toml, read once on the first lookup:
+
+    [project.entry-points."sharpen.tasks"]
+    mine = "mypkg.task:MyTask"       # a Task subclass or a factory returning a Task; the name is the task's
+
+A plug-in that fails to import, is not callable, or reuses a task's name is a one-line UsageError.
 """
 
 from __future__ import annotations
 
 import inspect
 
+import yaml
+
 from sharpen.errors import UsageError
+from sharpen.runs.plugins import TASKS_GROUP, PluginGroup, short
+
 from .base import Task
 from .file_task import FileTask
 from .gpqa import GPQA
@@ -26,7 +39,7 @@ from .math500 import Math500
 from .reasoning_gym_tasks import ReasoningGym, basic_arithmetic
 from .testbed import Testbed
 
-TASKS = {
+TASKS = {  # name -> task class or factory, in registration order: built-ins, then in-process and plug-ins
     "humaneval": HumanEval,
     "math500": Math500,
     "math": HendrycksMath,
@@ -37,12 +50,48 @@ TASKS = {
     "reasoning_gym": ReasoningGym,
     "testbed": Testbed,
 }
+BUILT_IN = "sharpen itself (built in)"
+_ORIGINS = {name: BUILT_IN for name in TASKS}  # name -> who registered it, for the message when a name is taken twice
+
+
+def register_task(name: str, factory, *, origin: str | None = None):
+    """Add the task class or factory `factory` as `name`; a name may be registered once (ValueError names both)."""
+    if not callable(factory):
+        raise TypeError(f"register_task('{name}', ...) takes a task class or factory, got {type(factory).__name__}")
+    origin = origin or f"register_task (module {getattr(factory, '__module__', '?')})"
+    if name in TASKS and TASKS[name] is not factory:
+        raise ValueError(f"task '{name}' is already registered, by {_ORIGINS.get(name, BUILT_IN)}; "
+                         f"{origin} registers it again")
+    TASKS[name] = factory
+    _ORIGINS.setdefault(name, origin)
+    return factory
+
+
+def _check_plugin(name: str, value, origin: str) -> None:
+    if not callable(value):
+        raise UsageError(f"{origin} names {short(value)}, not a task class or factory")
+
+
+_PLUGINS = PluginGroup(TASKS_GROUP, "task", _check_plugin,
+                       holder=lambda name: _ORIGINS.get(name, BUILT_IN) if name in TASKS else None,
+                       register=lambda name, factory, origin: register_task(name, factory, origin=origin))
+_read_plugins = _PLUGINS.read_once
+
+
+def registered_tasks() -> list[str]:
+    """Names of the registered tasks, built-ins first, then those added in-process and by plug-ins."""
+    _read_plugins()
+    return list(TASKS)
+
+
+def task_factory(name: str):
+    """The class or factory registered as `name` (its class attributes, e.g. reference_options), or None."""
+    _read_plugins()
+    return TASKS.get(name)
 
 
 def parse_task_args(items: list[str]) -> dict:
     """Task options from `--task-args KEY=VALUE ...` items; values are read as YAML (numbers, lists)."""
-    import yaml
-
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -54,16 +103,20 @@ def parse_task_args(items: list[str]) -> dict:
 
 def get_task(name: str, **options) -> Task:
     """Build the task called `name`; unknown names and options raise UsageError listing valid ones."""
-    if name not in TASKS:
+    factory = task_factory(name)
+    if factory is None:
         raise UsageError(f"unknown task '{name}': valid tasks are {', '.join(sorted(TASKS))}")
-    factory = TASKS[name]
     params = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))
         if unknown:
             raise UsageError(f"task '{name}' has no option {', '.join(unknown)}: it accepts "
                              f"{', '.join(params) or 'no options'}")
-    return factory(**options)
+    task = factory(**options)
+    if not isinstance(task, Task):
+        raise UsageError(f"task '{name}' ({_ORIGINS.get(name, BUILT_IN)}) made a {type(task).__name__}, "
+                         f"not a sharpen.Task")
+    return task
 
 
-__all__ = ["Task", "TASKS", "get_task", "parse_task_args"]
+__all__ = ["Task", "TASKS", "get_task", "parse_task_args", "register_task", "registered_tasks", "task_factory"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from sharpen.errors import UsageError
 from .base import Task, take
+from .code import code_prompt
 from .datafiles import DataSource, Row, missing, question_id, render, template_fields
 from .graders import Grader, get_grader
 
@@ -201,7 +202,6 @@ class FileTask(DataTask):
 
     def prompt(self, problem, tokenizer=None, chat=False):
         if self.grader.name == "code" and self.template == PROMPT_PRESETS["plain"]:
-            from .humaneval import code_prompt
 
             return code_prompt(problem["prompt"], tokenizer, chat)  # as HumanEval prompts it
         return super().prompt(problem, tokenizer, chat)

@@ -27,6 +27,9 @@ import threading
 
 from sharpen.errors import UsageError
 
+from .code import program_body
+from .sandbox import check_setting, resolve_sandbox, run_tests
+
 LETTERS = "ABCDEFGHIJ"
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 ANSWER_IS = re.compile(r"(?:answer\s+is|answer\s*:)\s*(.+)", re.IGNORECASE)
@@ -264,16 +267,12 @@ class CodeGrader(Grader):
     needs = ("prompt", "test", "entry_point")
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
-        from .sandbox import check_setting, resolve_sandbox
-
         self.timeout, self.memory_mb = timeout, memory_mb
         self.sandbox_setting = check_setting(sandbox)
         self._sandbox = resolve_sandbox(sandbox) if sandbox == "bwrap" else None
 
     @property
     def sandbox(self) -> str:
-        from .sandbox import resolve_sandbox
-
         if self._sandbox is None:
             self._sandbox = resolve_sandbox(self.sandbox_setting)
         return self._sandbox
@@ -286,9 +285,6 @@ class CodeGrader(Grader):
 
     def execute(self, problem: dict, completion: str) -> str:
         """'passed', 'timed out' or 'failed: ...' for one completion."""
-        from .humaneval import program_body
-        from .sandbox import run_tests
-
         program = problem["prompt"] + program_body(problem["entry_point"], completion)
         # trusted: the prompt (helpers the tests call) and the tests
         harness = problem["prompt"] + "\n" + problem["test"]

@@ -20,9 +20,10 @@ import re
 import sys
 
 from sharpen.errors import UsageError
-from .datafiles import DataSource, Row, question_id
+from .datafiles import DataSource, Row, question_id, read_hub
 from .file_task import DataTask
 from .graders import MathGrader, last_boxed
+from .math500 import Math500
 
 HUB_DATASET = "EleutherAI/hendrycks_math"
 SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -43,8 +44,6 @@ class _Subjects(DataSource):
         self.subjects = subjects
 
     def rows(self, split):
-        from .datafiles import read_hub
-
         if split not in ("test", "train"):
             return []
         rows = []
@@ -108,8 +107,6 @@ class HendrycksMath(DataTask):
         return rows
 
     def _math500_keys(self) -> set[str]:
-        from .math500 import Math500
-
         return {problem_key(p["question"]) for p in Math500(path=self.math500_path).load()}
 
     def gold_text(self, row):

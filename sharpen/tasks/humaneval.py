@@ -22,13 +22,10 @@ the threat model.
 
 from __future__ import annotations
 
-import re
+from .base import Task, take
+from .code import code_prompt, program_body
+from .graders import CodeGrader
 
-from .base import Task, apply_chat, take
-
-# Codex's stop sequences, plus a closing code fence (instruct models close their block).
-STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
-FENCED_BLOCK = re.compile(r"```(?:[ \t]*[A-Za-z0-9_+-]*)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 class HumanEval(Task):
@@ -38,8 +35,6 @@ class HumanEval(Task):
     grader_revision = 2  # 2: the tests run in a trusted checker on plain values; 1 read the program's stdout
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
-        from .graders import CodeGrader
-
         # bwrap is probed once, on first use; sandbox="bwrap" insists, and fails here, at once
         self.grader = CodeGrader(timeout=timeout, memory_mb=memory_mb, sandbox=sandbox)
         self.timeout, self.memory_mb = timeout, memory_mb
@@ -84,31 +79,3 @@ class HumanEval(Task):
     def execute(self, problem: dict, completion: str) -> str:
         """Run the problem's tests on a completion: 'passed', 'timed out' or 'failed: ...'."""
         return self.grader.execute(problem, completion)
-
-
-def code_prompt(prompt: str, tokenizer=None, chat: bool = False) -> str:
-    """A function stub as a raw prompt (a base model continues its body), or as a chat request for the
-    whole function in one code block."""
-    if not chat:
-        return prompt
-    text = ("Complete the following Python function. Reply with the whole function in one "
-            f"```python code block.\n\n```python\n{prompt}```")
-    return apply_chat(tokenizer, text)
-
-
-def program_body(entry_point: str, completion: str) -> str:
-    """The code appended to a problem's prompt: a continuation cut at the stop sequences, or a full
-    solution (a fenced block that defines `entry_point`) placed after the prompt."""
-    block = FENCED_BLOCK.search(completion)
-    if block is not None:
-        code = block.group(1)
-        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-            # A full solution redefines the function after the prompt's stub (a def whose
-            # body is only its docstring is valid Python), keeping the prompt's imports.
-            return "\n" + code
-        completion = code
-    for stop in STOP_SEQUENCES:
-        cut = completion.find(stop)
-        if cut != -1:
-            completion = completion[:cut]
-    return completion

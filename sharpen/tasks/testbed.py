@@ -10,14 +10,14 @@ The train split (what GRPO trains on) mixes plain and trap problems only: twice 
 right path is rare under the base model, are absent from it (`kind="twice"` asks for them).
 
 The problems, the noisy-teacher corpus and its exact probabilities are documented in
-sharpen/testbed/corpus.py; the model is built by `sharpen testbed`. The answer is the
+sharpen/tasks/testbed_corpus.py; the model is built by `sharpen testbed`. The answer is the
 word after the first `answer`, and only an exactly right answer scores 1.0.
 """
 
 from __future__ import annotations
 
 from sharpen.errors import UsageError
-from ..testbed.corpus import KINDS, extract_answer, generate_problems
+from .testbed_corpus import KINDS, extract_answer, generate_problems
 from .base import Task, take
 
 DEFAULT_SIZE = 1000

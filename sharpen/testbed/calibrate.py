@@ -4,11 +4,12 @@
     figures = calibrate(build_testbed())
     print(format_calibration(figures))
 
-Measured on test problems (plain, trap and twice in turn) with `sampling.sample`:
+Measured on test problems (plain, trap and twice in turn) with the registry's methods base,
+low_temp and power_mh (`get_method(name).run`, as `sharpen sample` and a study run them):
 - base pass@1 at temperature 1 and pass@k (k = samples per problem), per kind;
 - low-temperature pass@1 at 1/alpha, per kind;
 - mean base log-likelihood (sum and per token) of the correct and of the wrong base samples;
-- power-MH pass@1 with short settings, when `sampling.power_sample` is available;
+- power-MH pass@1 with short settings (power=False skips it);
 - on trap problems, from the model's own probabilities: P(guess) and P(work) as the next
   token, the share of the opening that low temperature gives `guess`
   (p_guess^alpha / sum_v p_v^alpha), and a lower bound on the share p^alpha gives `work`:
@@ -29,11 +30,14 @@ from pathlib import Path
 
 import torch
 
-from sharpen.sampling import derive_seed, load_model, sample
-
-from . import corpus
+from sharpen.sampling import derive_seed, load_model
+from sharpen.sampling.generate import left_pad
+from sharpen.sampling.methods import get_method
+from sharpen.tasks import get_task
+from sharpen.tasks import testbed_corpus as corpus
 
 MAX_NEW_TOKENS = 32  # completions are at most 16 tokens; longer ones are failures
+PLAIN_BATCH = 512  # completions decoded together by base and low_temp: the whole calibration in a few calls
 POWER_SETTINGS = {"block_size": 16, "mcmc_steps": 8}  # short settings: one block covers a completion
 
 
@@ -41,11 +45,12 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, method, draw):
-    """Draw num_samples completions per problem with `draw(prompts, seeds)`; grade them."""
+def _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, method, **settings):
+    """Draw num_samples completions per problem with the registered `method` at `settings`; grade them."""
     rows = [(i, s) for i in range(len(problems)) for s in range(num_samples)]
     seeds = [derive_seed(seed, method, problems[i]["id"], s) for i, s in rows]
-    results = draw([prompt_ids[i] for i, _ in rows], seeds)
+    sampler = get_method(method)
+    results = sampler.run(model, [prompt_ids[i] for i, _ in rows], sampler.make_settings(**settings), seeds=seeds)
     graded = []
     for (i, _), result in zip(rows, results):
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
@@ -88,8 +93,6 @@ def _loglik(graded) -> dict:
 @torch.no_grad()
 def _path_logprobs(model, prompt: list[int], completions: list[list[int]]) -> tuple[torch.Tensor, list[float]]:
     """Next-token log-probs after `prompt` (V,) and the log-probability of each completion."""
-    from sharpen.sampling.generate import left_pad
-
     device = next(model.parameters()).device
     rows = [prompt + c for c in completions]
     ids, mask, positions = left_pad(rows, pad_id=0, device=device)
@@ -160,8 +163,6 @@ def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int
               seed: int = 0, power: bool = True, power_samples: int = 4,
               model=None, tokenizer=None) -> dict:
     """Measure the calibration figures of the testbed at `model_dir` (see the module docstring)."""
-    from ..tasks import get_task
-
     started = time.time()
     if model is None:
         model, tokenizer = load_model(str(model_dir))
@@ -169,13 +170,10 @@ def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int
     problems = task.load(limit=num_problems, seed=seed, split="test")
     prompt_ids = [tokenizer(task.prompt(p), add_special_tokens=False)["input_ids"] for p in problems]
 
-    def plain_draw(temperature):
-        return lambda prompts, seeds: sample(model, prompts, temperature=temperature,
-                                             max_new_tokens=MAX_NEW_TOKENS, seeds=seeds, batch_size=512)
-
-    base = _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, "base", plain_draw(1.0))
-    low = _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, "low_temp",
-                         plain_draw(1.0 / alpha))
+    sizes = {"max_new_tokens": MAX_NEW_TOKENS, "batch_size": PLAIN_BATCH}
+    base = _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, "base", **sizes)
+    low = _sample_method(model, tokenizer, task, problems, prompt_ids, num_samples, seed, "low_temp", alpha=alpha,
+                         **sizes)
     figures = {
         "model": str(model_dir), "problems": len(problems), "samples_per_problem": num_samples,
         "alpha": alpha, "seed": seed,
@@ -183,13 +181,9 @@ def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int
         "low_temp": dict(_summarize(low), temperature=1.0 / alpha),
         "loglik": _loglik(base),
     }
-    power_sample = _power_sampler()
-    if power and power_sample is not None:
-        from sharpen.sampling import PowerSamplingConfig
-
-        cfg = PowerSamplingConfig(alpha=alpha, max_new_tokens=MAX_NEW_TOKENS, **POWER_SETTINGS)
+    if power:
         graded = _sample_method(model, tokenizer, task, problems, prompt_ids, power_samples, seed, "power_mh",
-                                lambda prompts, seeds: power_sample(model, prompts, cfg, seeds=seeds))
+                                alpha=alpha, max_new_tokens=MAX_NEW_TOKENS, **POWER_SETTINGS)
         figures["power_mh"] = dict(_summarize(graded), problems=len(problems), samples_per_problem=power_samples,
                                    **POWER_SETTINGS)
     traps = [trap_preference(model, tokenizer, p, alpha) for p in problems if p["kind"] == "trap"]
@@ -205,12 +199,6 @@ def calibrate(model_dir: str | Path, *, num_problems: int = 64, num_samples: int
     figures["process"] = corpus.exact_figures(alpha, ks=(1, num_samples))
     figures["wall_seconds"] = round(time.time() - started, 1)
     return figures
-
-
-def _power_sampler():
-    from sharpen import sampling
-
-    return getattr(sampling, "power_sample", None)
 
 
 def format_calibration(f: dict) -> str:

@@ -1,7 +1,8 @@
 """pass@1 and pass@k of each method on each testbed problem kind, from a run's records.
 
-    python -m sharpen.testbed.kinds runs/testbed            # a table, beside the exact base values
-    python -m sharpen.testbed.kinds runs/testbed --json     # the figures as JSON
+    sharpen kinds runs/testbed            # a table, beside the exact base values
+    sharpen kinds runs/testbed --json     # the figures as JSON
+    kind_figures("runs/testbed")          # the same figures, as a dict
 
 The study's report pools the kinds; this splits them (plain, trap, twice: the kind is the
 problem id's prefix), so the rare-path kind's pass@k curve can be read on its own. Like the
@@ -11,9 +12,7 @@ report it reads `samples/<name>.jsonl` only, and pass@k uses the unbiased estima
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sharpen.analysis.stats import pass_at_k_curve
 from sharpen.errors import UsageError
 from sharpen.runs.records import read_records
 
-from . import corpus
+from sharpen.tasks import testbed_corpus as corpus
 
 KS = (1, 4, 16, 64, 256)
 
@@ -69,22 +68,3 @@ def format_kind_figures(figures: dict, ks=KS) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sharpen.testbed.kinds",
-                                     description="pass@k of each method on each testbed problem kind.")
-    parser.add_argument("run_dir", help="a study's run directory (holding samples/)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    try:
-        figures = kind_figures(args.run_dir)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2) if args.json else format_kind_figures(figures))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

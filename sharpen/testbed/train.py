@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from sharpen.errors import UsageError
-from . import corpus
+from sharpen.sampling.models import cache_dir
+from sharpen.tasks import testbed_corpus as corpus
 
 VERSION = 2  # bump whenever the process, the tokenizer, the model or the training changes
 MARKER = "testbed.json"
@@ -66,8 +67,6 @@ class TrainConfig:
 
 
 def default_dir(seed: int = 0) -> Path:
-    from sharpen.sampling.models import cache_dir
-
     return cache_dir() / f"testbed-{seed}-v{VERSION}"
 
 

@@ -1,6 +1,6 @@
 """The testbed's task family and its noisy-teacher pretraining corpus, with exact probabilities.
 
-    from sharpen.testbed.corpus import exact_figures, generate_problems, sample_documents
+    from sharpen.tasks.testbed_corpus import exact_figures, generate_problems, sample_documents
     problems = generate_problems(6, seed=0, split="test")   # plain, trap, twice, plain, trap, twice
     problems[1]["question"]                                  # e.g. 'trap 3 + 5 + 8 + 2 + 1 ='
     exact_figures(alpha=4)["trap"]                           # the planning-trap table
