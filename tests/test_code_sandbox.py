@@ -184,14 +184,16 @@ def test_humaneval_sandbox_setting_and_grader_version(monkeypatch, problems):
     if BWRAP_PROBLEM is None:
         assert get_task("humaneval").sandbox == "bwrap"
         assert get_task("humaneval").grader_version.endswith(" sandbox=bwrap")
-    # Where bwrap is not on the PATH, auto falls back (with a warning) and still grades; bwrap refuses.
+    # Where bwrap is not on the PATH, auto and bwrap refuse when the task is built (issue 22: auto used
+    # to fall back with only a warning); none, chosen, grades unsandboxed.
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(sandbox, "_PROBED", {})
-    with pytest.raises(UsageError, match="sandbox 'bwrap' is not available here .bwrap is not installed"):
-        get_task("humaneval", sandbox="bwrap")
-    with pytest.warns(UserWarning, match="runs unsandboxed"):
-        task = get_task("humaneval", sandbox="auto")
-        assert task.sandbox == "unsandboxed"
+    for setting in ("auto", "bwrap"):
+        with pytest.raises(UsageError, match=r"cannot sandbox model-written code here: bwrap is not installed; "
+                                             r"install bubblewrap \(apt-get install -y bubblewrap\).* sandbox=none"):
+            get_task("humaneval", sandbox=setting)
+    task = get_task("humaneval", sandbox="none")
+    assert task.grader_version.endswith(" sandbox=unsandboxed")
     assert task.grade(problems["HumanEval/0"], problems["HumanEval/0"]["answer"]) == 1.0
 
 
@@ -258,10 +260,11 @@ def test_humaneval_forged_verdict_lines_score_zero(humaneval, problems):
 
 
 def test_humaneval_forked_children_die_with_the_verdict(humaneval, problems, tmp_path):
-    # 200 children through libc's fork (os.fork is off), each to write a file once `go` exists.
+    # 40 children through libc's fork (os.fork is off), each to write a file once `go` exists: under the
+    # tree's limit of 64 processes (a program that reaches it scores 0: tests/test_sandbox_limits.py).
     marker, out, go = new_marker(), tmp_path / "out", tmp_path / "go"
     out.mkdir()
-    code = (f"import ctypes, os, time\nlibc = ctypes.CDLL(None)\nfor _ in range(200):\n"
+    code = (f"import ctypes, os, time\nlibc = ctypes.CDLL(None)\nfor _ in range(40):\n"
             f"    if libc.fork() == 0:\n        libc.prctl(15, {marker.encode()!r}, 0, 0, 0)\n"
             f"        try:\n            while True:\n                try:\n"
             f"                    open({str(go)!r}).close()\n                    break\n"
@@ -292,9 +295,14 @@ def test_humaneval_spawned_child_dies_with_the_verdict(humaneval, problems, tmp_
 def test_humaneval_killing_the_parent_cannot_pass_or_hurt_the_grader(humaneval, problems):
     code = "    import ctypes, os\n    ctypes.CDLL(None).kill(os.getppid(), 9)\n"
     score = humaneval.grade(problems["HumanEval/0"], code + problems["HumanEval/0"]["answer"])
-    # Under bwrap as root the program runs as nobody and may not signal the (root) checker: its tests
-    # decide. Elsewhere the checker dies, and a dead checker is a failure.
-    assert score == (1.0 if humaneval.sandbox == "bwrap" and os.geteuid() == 0 else 0.0)
+    # Under bwrap as root the program runs as nobody and may not signal the (root) checker; unsandboxed,
+    # Landlock (ABI >= 6) forbids signals out of the program's domain: its tests decide. Elsewhere the
+    # checker dies, and a dead checker is a failure.
+    import ctypes
+
+    landlock = ctypes.CDLL(None).syscall(444, None, 0, 1)  # landlock_create_ruleset(VERSION): the ABI
+    shielded = humaneval.sandbox == "bwrap" and os.geteuid() == 0 or humaneval.sandbox == "unsandboxed" and landlock >= 6
+    assert score == (1.0 if shielded else 0.0)
     assert humaneval.grade(problems["HumanEval/0"], problems["HumanEval/0"]["answer"]) == 1.0  # still grading
 
 
@@ -333,7 +341,7 @@ def test_humaneval_sandbox_hides_the_machine_and_limits_processes():
                "def look(paths):\n"
                "    libc = ctypes.CDLL(None)\n"
                "    forks = 0\n"
-               "    for _ in range(200):\n"
+               "    for _ in range(40):\n"  # under the tree's limit: reaching it fails the program
                "        pid = libc.fork()\n"
                "        if pid == 0:\n"
                "            libc.sleep(5)\n"

@@ -238,7 +238,7 @@ def test_bad_files_and_options_are_one_line_errors(tmp_path):
                                                            "answer, note, question"),
         (dict(path=str(missing)), "1 of 3 rows have no value for 'answer'"),
         (dict(path=str(complete), prompt="{question} ({note})"), "1 of 2 rows have no value for 'note' (named by "
-                                                                  "the prompt template), e.g. row 1"),
+                                                                  "the prompt template), e.g. row 2"),
         (dict(path=str(complete), prompt="{question} {level}"), "names the field 'level', which is not in the file; "
                                                                 "its fields are answer, note, question"),
         (dict(path=str(missing), grader="nope"), "unknown grader 'nope': valid graders are math, number"),
@@ -253,7 +253,7 @@ def test_bad_files_and_options_are_one_line_errors(tmp_path):
     words = write_jsonl(tmp_path / "words.jsonl", [{"question": "q", "answer": "seven"}, {"question": "r",
                                                                                          "answer": "8"}])
     with pytest.raises(UsageError, match=r"number grader cannot read the answer \('answer'\) of 1 of 2 rows, "
-                                         r"e.g. row 0: 'seven'"):
+                                         r"e.g. row 1: 'seven'"):
         get_task("file", path=str(words), grader="number").load()
     with pytest.raises(UsageError, match="the split field 'answer' names none of test, validation, train"):
         get_task("file", path=str(words), split_field="answer").load(split="test")

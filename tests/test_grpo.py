@@ -233,11 +233,18 @@ def test_yaml_config_then_flags_and_wandb_offline(tmp_path, tiny_checkpoint, mon
     assert any("kl" in row for row in history)  # beta > 0 reached TRL: the KL term is computed
 
 
-def test_from_checkpoint_records_without_training(tmp_path, capsys):
+def test_from_checkpoint_records_without_training(tmp_path, capsys, monkeypatch):
     from sharpen.cli import main
     from sharpen.rl.rundir import grpo_model_spec
 
     hub_id = "stellalisy/rethink_rlvr_reproduce-ground_truth-qwen2.5_math_7b-lr5e-7-kl0.00-step150"
+    # Offline (conftest), a Hub id is recorded only when it is in the local Hugging Face cache: put its config there.
+    repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     out = tmp_path / "rl"
     assert main(["grpo", "--from-checkpoint", hub_id, "--output-dir", str(out)]) == 0
     record = json.loads((out / "grpo_checkpoint.json").read_text())

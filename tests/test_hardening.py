@@ -242,7 +242,7 @@ def test_study_identity_does_not_depend_on_the_working_directory(tmp_path, tiny_
 
 @pytest.mark.parametrize("override, message", [
     ("power_mh.block_size=0", "block_size must be an integer >= 1"),
-    ("low_temp.temperature=-1", "temperature must be > 0"),
+    ("low_temp.temperature=-1", "temperature must be a number in [0.01, 100]"),
     ("grpo.max_step=3", "unknown key 'grpo.max_step'"),
     ("grpo.num_generations=3", "num_generations"),
     ("task_args.colour=red", "colour"),
@@ -432,6 +432,6 @@ def test_metrics_do_not_depend_on_the_order_of_record_lines(tmp_path):
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     outcomes = [r["correct"] for r in rows]
     random.Random(2).shuffle(outcomes)
-    path.write_text("".join(json.dumps(dict(r, correct=c)) + "\n" for r, c in zip(rows, outcomes)))
+    path.write_text("".join(json.dumps(dict(r, correct=c, score=float(c))) + "\n" for r, c in zip(rows, outcomes)))
     analyze(shuffled, config)
     assert _stable(a) != _stable(json.loads((shuffled / "metrics.json").read_text()))

@@ -45,8 +45,8 @@ def test_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize("field,value,accepted", [
-    ("alpha", 0.0, "> 0"), ("alpha", -1.0, "> 0"), ("block_size", 0, ">= 1"), ("mcmc_steps", -1, ">= 0"),
-    ("max_new_tokens", 0, ">= 1"), ("proposal_temperature", 0.0, "> 0"), ("top_p", 0.0, "(0, 1]"),
+    ("alpha", 0.0, "[0.01, 100]"), ("alpha", -1.0, "[0.01, 100]"), ("block_size", 0, ">= 1"), ("mcmc_steps", -1, ">= 0"),
+    ("max_new_tokens", 0, ">= 1"), ("proposal_temperature", 0.0, "[0.01, 100]"), ("top_p", 0.0, "(0, 1]"),
     ("top_p", 1.5, "(0, 1]"), ("top_k", 0, ">= 1"), ("implementation", "fast", "batched, reference"),
 ])
 def test_bad_settings_name_the_field_and_the_range(field, value, accepted):

@@ -383,7 +383,8 @@ def test_budget_is_cut_by_the_context(wide_model):
 
 
 @pytest.mark.parametrize("name,value,accepted", [
-    ("alpha", 0.0, "> 0"), ("alpha", -1.0, "> 0"), ("alpha", math.inf, "finite"), ("alpha", math.nan, "finite"),
+    ("alpha", 0.0, "[0.01, 100]"), ("alpha", -1.0, "[0.01, 100]"), ("alpha", math.inf, "[0.01, 100]"),
+    ("alpha", math.nan, "[0.01, 100]"),
     ("num_candidates", 0, ">= 1"), ("num_rollouts", 1, ">= 2"), ("block_size", 0, ">= 1"),
     ("max_new_tokens", 0, ">= 1"), ("batch_size", 0, ">= 1"), ("num_rollouts", 2.5, ">= 2"),
     ("horizon", "fixed", "sliding, block"),
@@ -398,7 +399,7 @@ def test_bad_settings_name_the_field_and_the_range(name, value, accepted):
 def test_bad_calls_are_refused_before_any_work(wide_model):
     with pytest.raises(ValueError, match="seeds has 1 entries for 2 prompts"):
         sps_sample(wide_model, [[2], [3]], small(), seeds=[0])
-    with pytest.raises(ValueError, match="prompt 1 is empty"):
+    with pytest.raises(ValueError, match="prompt 2 is empty"):
         sps_sample(wide_model, [[2], []], small())
     with pytest.raises(ValueError, match="shorter than the context"):
         sps_sample(wide_model, [[3] * 128], small())

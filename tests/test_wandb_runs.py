@@ -272,3 +272,25 @@ def test_the_study_name_comes_from_study_json_else_the_directory(tmp_path):
     assert study_name(tmp_path) == tmp_path.name
     (tmp_path / "study.json").write_text(json.dumps({"identity": {}, "config": {"name": "alpha-sweep"}}))
     assert study_name(tmp_path) == "alpha-sweep"
+
+
+def test_a_studys_grpo_run_joins_the_studys_group_with_its_name_in_the_config(monkeypatch, wandb_runs, tmp_path):
+    """Issue 22, item 9: the study handed GRPO its own wandb section, without the study's group."""
+    from types import SimpleNamespace
+
+    from sharpen.rl import grpo
+    from sharpen.runs.processes import Shard
+    from sharpen.study import pipeline
+    from sharpen.study.config import load_study_config
+
+    config = load_study_config("testbed", ["wandb.mode=offline", f"output_dir={tmp_path / 'study'}"])
+    handed = {}
+    monkeypatch.setattr(pipeline, "train_grpo", lambda settings, **kwargs: handed.update(kwargs))
+    monkeypatch.setattr(pipeline, "grpo_model_spec", lambda out: str(out))
+    pipeline.grpo_stage(config, "base-model", tmp_path / "study", Shard())
+    assert handed["wandb"].group == config.wandb_group == config.name and handed["wandb"].mode == "offline"
+    # ... and the training run that group reaches carries the study's name in its config
+    grpo._start_wandb(handed["wandb"], SimpleNamespace(process_index=0, run_name=handed["run_name"]), tmp_path / "g")
+    (run,) = wandb_runs
+    assert run.init["group"] == config.name and run.init["config"] == {"study": config.name}
+    assert run.init["job_type"] == "grpo" and run.init["name"] == f"{config.name}-grpo-training"

@@ -590,8 +590,6 @@ def this_analysis(metrics: dict, ctx: ReportContext) -> str | None:
     else:
         scoring = (f"{analysis['scored_now']} record(s) scored now ({_f(analysis.get('scoring_seconds'), 1)} s), "
                    f"{analysis.get('scored_before', 0)} reused from `scores/`")
-        if analysis.get("from_records"):
-            scoring += f" (of which {analysis['from_records']} from `base_scores` inside older records)"
         for name, reason in (analysis.get("reset") or {}).items():
             scoring += f"; `scores/{name}.jsonl` started afresh ({reason})"
     return "\n".join(["## This analysis", "",

@@ -14,8 +14,9 @@ one line per (problem_id, sample_idx), written by sharpen.analysis.scoring). Not
 files are never modified. `sharpen analyze RUN_DIR` starts by loading the run this way.
 
 Anything that would make a number silently wrong raises InputError naming the file, the line
-and what is accepted: a record without a required field, a duplicate (problem_id, sample_idx),
-records of two configs mixed in one file. Milder problems (a torn last line left by a killed
+and what is accepted: a line that is not UTF-8 JSON, a record without a required field, a `correct`
+that contradicts its `score`, a duplicate (problem_id, sample_idx), records of two configs mixed in
+one file. Milder problems (a torn last line left by a killed
 writer, uneven sample counts, part files of an unfinished multi-process run) become warnings
 that the report prints.
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharpen.errors import UsageError
-from sharpen.runs.records import read_records, record_key
+from sharpen.runs.records import decode_line, read_records, record_key
 from sharpen.sampling.methods import registered_methods
 
 REQUIRED_FIELDS = ("problem_id", "sample_idx", "prompt", "completion", "completion_ids", "correct")
@@ -75,8 +76,8 @@ class MethodRecords:
 
     @property
     def model(self) -> str | None:
-        """The model that sampled these records, as its config names it (new and old config layouts)."""
-        for part in ("run", "config", "identity"):
+        """The model that sampled these records, as its config names it."""
+        for part in ("run", "identity"):
             model = ((self.config or {}).get(part) or {}).get("model")
             if model:
                 return str(model)
@@ -117,10 +118,11 @@ def read_method_file(path: str | Path) -> MethodRecords:
     name = path.name[:-len(".jsonl")]
     raw = path.read_bytes()
     records, lines, warnings = [], [], []
-    parts = raw.decode("utf-8").split("\n")
+    parts = raw.split(b"\n")  # bytes: a torn last line may end inside a character
     if parts and parts[-1].strip():
         warnings.append(f"{path.name}: the last line is torn (a writer was killed mid-line); it was left out")
     for number, line in enumerate(parts[:-1], 1):
+        line = decode_line(line, path, number)
         if not line.strip():
             continue
         try:
@@ -136,6 +138,7 @@ def read_method_file(path: str | Path) -> MethodRecords:
         _check_values(record, f"{path}:{number}")
         if record["correct"] not in (True, False):  # 0 and 1 compare equal to False and True
             raise InputError(f"{path}:{number}: correct must be true or false, got {record['correct']!r}")
+        _check_verdict(record, f"{path}:{number}")
         records.append(record)
         lines.append(number)
     # Every statistic reads records in (problem_id, sample_idx) order, whatever order the
@@ -181,6 +184,24 @@ def _check_values(record: dict, where: str) -> None:
         for key, value in cost.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"{where}: cost.{key} must be a finite number, got {value!r}")
+
+
+def _check_verdict(record: dict, where: str) -> None:
+    """A record's `correct` is what its `score` says: true exactly when score >= 1 (make_record's rule).
+
+    Graders score in [0, 1], so correct means score 1. Accuracy counts `correct` and mean scores
+    count `score`: a record where they disagree would make the two tables contradict each other.
+
+    >>> _check_verdict({"correct": True, "score": 0.0}, "base.jsonl:4")
+    Traceback (most recent call last):
+    ...
+    sharpen.analysis.runs.InputError: base.jsonl:4: correct is true but score is 0.0: correct must be true exactly \
+when score >= 1 (graders score in [0, 1]; 1 is correct)
+    """
+    score = record.get("score")
+    if score is not None and record["correct"] != (score >= 1.0):
+        raise InputError(f"{where}: correct is {json.dumps(record['correct'])} but score is {score!r}: correct must "
+                         f"be true exactly when score >= 1 (graders score in [0, 1]; 1 is correct)")
 
 
 def _check_consistency(method: MethodRecords) -> None:
@@ -262,7 +283,7 @@ def scores_path(run_dir: str | Path, name: str) -> Path:
 def same_model(entry: dict, identity: dict | None) -> bool:
     """Whether scores were made by the model `identity` names (None: any model will do).
 
-    A revision is compared when both sides have one (legacy in-record scores have none).
+    A revision is compared when both sides have one.
     """
     if identity is None:
         return True
@@ -284,13 +305,12 @@ def stale_scores(run_dir: str | Path, method: MethodRecords, identity: dict | No
     return None
 
 
-def attach_scores(run: Run, identity: dict | None, *, legacy: bool = True) -> dict:
-    """Fill each method's `scores` from scores/<name>.jsonl, else (`legacy`) from in-record `base_scores`.
+def attach_scores(run: Run, identity: dict | None) -> int:
+    """Fill each method's `scores` from scores/<name>.jsonl; return how many records have one.
 
-    Only scores by the model `identity` names (None: any) and, for the scores files, made for
-    the completion the record holds now. Returns {"from_files": n, "from_records": n}.
+    Only scores by the model `identity` names (None: any), made for the completion the record holds now.
     """
-    counts = {"from_files": 0, "from_records": 0}
+    found = 0
     for method in run.methods.values():
         by_key = {record_key(r): r for r in method.records}
         method.scores = {}
@@ -300,11 +320,5 @@ def attach_scores(run: Run, identity: dict | None, *, legacy: bool = True) -> di
             current = record is not None and entry.get("record_digest") == record_digest(record)
             if current and same_model(entry, identity):
                 method.scores[key] = {k: entry.get(k) for k in ("model", "model_revision", *SCORE_VALUES)}
-        counts["from_files"] += len(method.scores)
-        for key, record in by_key.items():
-            old = record.get("base_scores")  # written into records by older versions of `sharpen analyze`
-            if legacy and key not in method.scores and isinstance(old, dict) and same_model(old, identity):
-                method.scores[key] = {"model": old.get("model"), "model_revision": None,
-                                      **{k: old.get(k) for k in SCORE_VALUES}}
-                counts["from_records"] += 1
-    return counts
+        found += len(method.scores)
+    return found

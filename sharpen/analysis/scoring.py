@@ -85,10 +85,10 @@ def _check_ids(prompts: list[list[int]], completions: list[list[int]], vocab: in
     """ValueError naming the first record whose prompt is empty or whose ids fall outside the vocabulary."""
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         if not prompt:
-            raise ValueError(f"record {i} has an empty prompt: the first completion token needs a context")
+            raise ValueError(f"record {i + 1} has an empty prompt: the first completion token needs a context")
         bad = [t for t in list(prompt) + list(completion) if not 0 <= int(t) < vocab]
         if bad:
-            raise ValueError(f"record {i} has token id {bad[0]} outside the base model's vocabulary "
+            raise ValueError(f"record {i + 1} has token id {bad[0]} outside the base model's vocabulary "
                              f"(0..{vocab - 1}): was it sampled with another tokenizer?")
 
 
@@ -198,24 +198,23 @@ def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore
               batch_tokens: int = 4096, device=None, shard: Shard | None = None, progress: bool = True) -> dict:
     """Score, under model `spec`, every record of `run` that has no stored score by it; fill `run`'s scores.
 
-    Reuses RUN_DIR/scores/<name>.jsonl lines by the same model (and legacy `base_scores` inside
-    records), starts a file afresh when it holds another model's scores, scores of a completion
+    Reuses RUN_DIR/scores/<name>.jsonl lines by the same model, starts a file afresh when it holds another model's scores, scores of a completion
     that has changed since, or `rescore` is set, loads the model only when something is left to
     score, and appends each new score as its batch finishes. With `spec` None (no model named
     anywhere) the stored scores of any model are used, and anything unscored is a UsageError.
     Every process of `shard` must call it; each scores its share.
-    Returns {"model", "model_revision", "scored_now", "scored_before", "from_records", "reset", "scoring_seconds"}.
+    Returns {"model", "model_revision", "scored_now", "scored_before", "reset", "scoring_seconds"}.
     """
     shard = shard or Shard()
     if spec is None and model is not None:
         spec = getattr(model, "name_or_path", None) or None
     if spec is None:  # no model named anywhere: what is stored will do, whoever scored it
-        counts = attach_scores(run, None, legacy=not rescore)
+        stored = attach_scores(run, None)
         if rescore or any(m.score_of(r) is None for m in run.methods.values() for r in m.records):
             raise UsageError("no base model to score with (no samples/<name>.config.json names one): "
                              "pass --base-model, or --no-score to skip likelihood and confidence")
-        return {"model": None, "model_revision": None, "scored_now": 0, "from_records": counts["from_records"],
-                "scored_before": counts["from_files"] + counts["from_records"], "reset": {}, "scoring_seconds": 0.0}
+        return {"model": None, "model_revision": None, "scored_now": 0, "scored_before": stored, "reset": {},
+                "scoring_seconds": 0.0}
     identity = model_identity(spec)
     reset = {}
     if shard.is_main:
@@ -228,11 +227,10 @@ def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore
                 path.unlink(missing_ok=True)
     shard.wait()
     files = {name: ShardedRecords(scores_path(run.dir, name), shard) for name in run.methods}
-    counts = attach_scores(run, identity, legacy=not rescore)
+    stored = attach_scores(run, identity)
     todo = [(m, r) for m in run.methods.values() for r in sorted(m.records, key=record_key)
             if record_key(r) not in m.scores]
-    info = {**identity, "scored_now": len(todo), "scored_before": counts["from_files"] + counts["from_records"],
-            "from_records": counts["from_records"], "reset": reset, "scoring_seconds": 0.0}
+    info = {**identity, "scored_now": len(todo), "scored_before": stored, "reset": reset, "scoring_seconds": 0.0}
     if not todo:
         return info
     started = time.time()
@@ -245,10 +243,12 @@ def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore
             if record["prompt"] not in prompt_ids:
                 # As sampling does: the prompt text already holds any special tokens.
                 prompt_ids[record["prompt"]] = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
-        writers = {name: files[name].writer() for name in {m.name for m, _ in mine}}
+        writers = {}  # opened at a method's first score: a scoring that fails first leaves no empty file
 
         def store(i: int, scores: dict | None):
             method, record = mine[i]
+            if method.name not in writers:
+                writers[method.name] = files[method.name].writer()
             writers[method.name].write({"problem_id": record["problem_id"], "sample_idx": record["sample_idx"],
                                         **identity, "record_digest": record_digest(record), **(scores or EMPTY)})
 
@@ -263,6 +263,6 @@ def score_run(run: Run, spec: str | None, *, model=None, tokenizer=None, rescore
                 writer.close()
     for records in files.values():
         records.finish()
-    attach_scores(run, identity, legacy=not rescore)
+    attach_scores(run, identity)
     info["scoring_seconds"] = time.time() - started
     return info

@@ -22,10 +22,13 @@ def did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
     >>> p = argparse.ArgumentParser(); _ = p.add_argument("--method"); _ = p.add_argument("--seed")
     >>> did_you_mean("unrecognized arguments: --methd base --sed 3", p)
     '; did you mean --method (for --methd), --seed (for --sed)?'
+    >>> did_you_mean("unrecognized arguments: --alpha 2", p)
+    ''
     """
     if not message.startswith("unrecognized arguments:"):
         return ""
-    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    # --help is no value-taking flag: "--alpha 2" is never a misspelt "--help" (it matched at 0.6)
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--") and flag != "--help"]
     hints = []
     for word in message.split(":", 1)[1].split("(", 1)[0].split():  # not the explanation in brackets
         if not word.startswith("--"):

@@ -52,13 +52,28 @@ def parse_args(argv: list[str]):
     parser = make_parser(known.method)
     try:
         args, settings, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    except ValueError as err:  # a settings dataclass refused a value: name the flag
+    except UsageError:
+        raise  # SampleRunArgs' own messages already name their flag
+    except ValueError as err:  # a settings dataclass refused a value ("alpha must be ..."): name the flag
         name, _, reason = str(err).partition(" ")
         raise UsageError(f"--{name.replace('_', '-')} {reason}" if reason else str(err)) from None
     if rest:
         flags = ", ".join(f"--{f.replace('_', '-')}" for f in get_method(known.method).field_names())
+        check_other_settings(rest, known.method, flags)
         parser.error(f"unrecognized arguments: {' '.join(rest)} (method {known.method} takes the settings {flags})")
     return args, settings
+
+
+def check_other_settings(rest: list[str], method: str, flags: str) -> None:
+    """UsageError for a leftover flag that is another method's setting: `method` has no such setting."""
+    for word in rest:
+        if not word.startswith("--"):
+            continue
+        name = word[2:].split("=", 1)[0].replace("-", "_")
+        owners = [m for m in registered_methods() if m != method and name in get_method(m).field_names()]
+        if owners:
+            raise UsageError(f"method {method} has no setting {name}: its settings are {flags} ({name} is a "
+                             f"setting of {', '.join(owners)})")
 
 
 def main(argv: list[str] | None = None) -> int:

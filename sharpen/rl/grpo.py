@@ -484,4 +484,7 @@ def _start_wandb(config: WandbConfig, args, output_dir: Path):
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         write_text_atomic(id_file, run_id)
     # start_run makes it the global wandb.run, which transformers' WandbCallback and TRL log into.
-    return start_run(config, name=args.run_name, job_type="grpo", dir=output_dir, run_id=run_id)
+    # A group is a study's (a study passes its own; `sharpen grpo --wandb-group` names one): its name is
+    # also in the run's config, as the method runs of the study carry it.
+    return start_run(config, name=args.run_name, job_type="grpo", dir=output_dir, run_id=run_id,
+                     run_config={"study": config.group} if config.group else None)

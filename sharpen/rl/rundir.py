@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 from sharpen.errors import UsageError
-from sharpen.runs.files import looks_like_path, resolve_local, write_text_atomic
+from sharpen.runs.files import resolve_local, write_text_atomic
 from sharpen.runs.locks import LOCK_FILE
 from sharpen.runs.provenance import environment, library_differences
+from sharpen.sampling.models import check_model_reachable
 from sharpen.tasks import parse_task_args
 
 from .grpo import COST_FILE
@@ -132,12 +133,15 @@ def write_run_file(output_dir: Path, *, identity: dict, model_path: str, revisio
 
 
 def record_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
-    """Record an existing RL model (Hub id or path) as a GRPO run's result; nothing is trained or downloaded."""
+    """Record an existing RL model (Hub id or path) as a GRPO run's result; nothing is trained or downloaded.
+
+    A Hub id must be in the local Hugging Face cache or answered for by the Hub: offline, an id
+    recorded unchecked would fail only when a study samples it.
+    """
     output_dir = Path(output_dir)
+    check_model_reachable(spec, "--from-checkpoint")
     if Path(spec).expanduser().exists():
         spec = resolve_local(spec)
-    elif looks_like_path(spec) or "/" not in spec:
-        raise UsageError(f"--from-checkpoint '{spec}' is neither an existing directory nor a Hub id (owner/name)")
     if (output_dir / RUN_FILE).exists():
         raise UsageError(f"{output_dir} holds a trained GRPO run: use another --output-dir")
     check_owned(output_dir)

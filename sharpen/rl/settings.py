@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import yaml
 from sharpen.configs import find_config
 from sharpen.errors import UsageError
 from sharpen.runs.tracking import DEFAULT_MODE, DEFAULT_PROJECT, WandbConfig
+from sharpen.sampling.draw import TEMPERATURE_RANGE, check_in_range
 from sharpen.tasks import parse_task_args
 
 from .grpo import output_dir_of
@@ -107,6 +109,7 @@ class GrpoSettings:
         model["use_peft"] = bool(model["use_peft"] or run["lora"])
         run["model"] = run["model"] or model["model_name_or_path"]  # TRL's name for --model
         run = GrpoRunArgs(**run)
+        check_grpo_numbers(grpo)
         if grpo["run_name"] is None and run.task:
             grpo["run_name"] = f"grpo-{run.task}"
         try:
@@ -114,6 +117,60 @@ class GrpoSettings:
         except ValueError as err:
             raise UsageError(f"invalid model settings: {' '.join(str(err).split())}") from None
         return cls(run, grpo, model_args)
+
+
+# GRPOConfig numbers with a range beyond finiteness: field -> (lowest, highest, lowest allowed, highest allowed).
+# Each would end in a torch or TRL error only once training starts (lr nan: after run.json, completions/
+# and a wandb run were written). The sampling temperature takes the samplers' own range (sampling.draw).
+INF = math.inf
+GRPO_RANGES = {
+    "learning_rate": (0, INF, False, False), "adam_epsilon": (0, INF, False, False),
+    "num_train_epochs": (0, INF, False, False), "repetition_penalty": (0, INF, False, False),
+    "delta": (0, INF, False, False), "weight_decay": (0, INF, True, False), "max_grad_norm": (0, INF, True, False),
+    "beta": (0, INF, True, False), "warmup_steps": (0, INF, True, False), "epsilon": (0, INF, True, False),
+    "epsilon_high": (0, INF, True, False), "adam_beta1": (0, 1, True, False), "adam_beta2": (0, 1, True, False),
+    "top_p": (0, 1, False, True), "min_p": (0, 1, True, True), "top_entropy_quantile": (0, 1, True, True),
+}
+
+
+def check_grpo_numbers(grpo: dict) -> None:
+    """Every number among the GRPOConfig values finite, and those of GRPO_RANGES in range; UsageError in one line.
+
+    The one check for `sharpen grpo` flags, a --config file and a study's grpo section (all merge
+    through GrpoSettings.from_values), before run.json, completions/ or a wandb run exist.
+
+    >>> check_grpo_numbers({"learning_rate": float("nan"), "beta": 0.0})
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: learning_rate must be a finite number > 0, got nan
+    >>> check_grpo_numbers({"adam_beta2": 1.0})
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: adam_beta2 must be a finite number in [0, 1), got 1.0
+    >>> check_grpo_numbers({"reward_weights": [1.0, float("inf")]})
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: reward_weights must hold finite numbers, got [1.0, inf]
+    """
+    for name, value in grpo.items():
+        if isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise UsageError(f"{name} must hold finite numbers, got {value}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name == "temperature":
+            try:
+                check_in_range(value, "temperature", TEMPERATURE_RANGE)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+            continue
+        low, high, low_ok, high_ok = GRPO_RANGES.get(name, (-INF, INF, False, False))
+        inside = (low <= value if low_ok else low < value) and (value <= high if high_ok else value < high)
+        if not (math.isfinite(value) and inside):
+            if high == INF:
+                what = "" if low == -INF else f" {'>=' if low_ok else '>'} {low:g}"
+            else:
+                what = f" in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+            raise UsageError(f"{name} must be a finite number{what}, got {value}")
 
 
 def field_names(cls) -> list[str]:

@@ -29,7 +29,7 @@ from sharpen.runs.files import check_output_dir, looks_like_path, resolve_local,
 from sharpen.runs.processes import is_main_process
 from sharpen.runs.provenance import model_revision
 from sharpen.runs.tracking import WandbConfig
-from sharpen.sampling.models import resolve_model_path
+from sharpen.sampling.models import check_weights, resolve_model_path
 from sharpen.tasks import get_task, parse_task_args
 
 from .grpo import check_grpo_args, grpo_train, is_finished, lora_config
@@ -150,6 +150,7 @@ def _check_model(settings: GrpoSettings, found: Preflight) -> None:
     model_path = resolve_model_path(run.model)
     if Path(model_path).expanduser().exists():
         model_path = resolve_local(model_path)
+        check_weights(model_path, run.model)  # a cut-short weights file: one line now, not after run.json
     elif looks_like_path(run.model):
         raise UsageError(f"model '{run.model}' does not exist: give a checkpoint directory, a Hugging Face id, "
                          f"or a built-in name")

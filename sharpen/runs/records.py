@@ -26,21 +26,42 @@ from .processes import Shard
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """All complete records of a JSONL file (a torn last line from a killed writer is skipped)."""
+    """All complete records of a JSONL file (a torn last line from a killed writer is skipped).
+
+    A complete line that is not UTF-8 or not JSON is a UsageError naming the file and the line
+    (counted from 1); the file is left as it is.
+    """
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:  # bytes: a torn last line may end inside a character
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break  # torn last line
+            line = decode_line(raw, path, number)
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise UsageError(f"{path}:{number} is not a JSON record") from None
     return records
+
+
+def decode_line(raw: bytes, path, number: int) -> str:
+    """One line of a record file as text; UsageError naming the file, the line and the byte that is not UTF-8.
+
+    >>> decode_line(b'{"completion": "caf\\xe9"}\\n', "samples/base.jsonl", 3)
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: samples/base.jsonl:3 is not UTF-8 (byte 0xe9 at column 20): records are JSON \
+lines in UTF-8; the file was left as it is
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}:{number} is not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}): "
+                         f"records are JSON lines in UTF-8; the file was left as it is") from None
 
 
 def record_key(record: dict) -> tuple[str, int]:

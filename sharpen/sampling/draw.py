@@ -16,7 +16,6 @@ so a row's tokens do not depend on which other rows share its batch.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 
@@ -52,10 +51,31 @@ def row_seeds(seed: int, seeds: list[int] | None, count: int) -> list[int]:
     return list(seeds)
 
 
+# The one range of alpha and of every temperature a sampler accepts (low_temp's temperature, the
+# proposal temperatures of power_mh and power_smc; 1/alpha by default, so the two ranges mirror each
+# other). Beyond them p^alpha and p^(1/T) are indistinguishable from greedy decoding (or from uniform
+# noise) at float32 logits, and alpha * log p of a long completion or logits / T leave the range where
+# the MH ratios and importance weights stay finite: alpha 1e300 drew garbage with MH acceptance 0.
+ALPHA_RANGE = (0.01, 100.0)
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
+def check_in_range(value, name: str, bounds: tuple[float, float]) -> None:
+    """A number (not a bool) within `bounds`, both ends included; ValueError naming `name` and the range.
+
+    >>> check_in_range(1e300, "alpha", ALPHA_RANGE)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha must be a number in [0.01, 100], got 1e+300
+    """
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN: False
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
 def check_alpha(alpha) -> None:
-    """The exponent of p^alpha: a finite number > 0."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
+    """The exponent of p^alpha: a number in ALPHA_RANGE."""
+    check_in_range(alpha, "alpha", ALPHA_RANGE)
 
 
 def check_integers(settings, lowest: dict[str, int]) -> None:
@@ -67,8 +87,8 @@ def check_integers(settings, lowest: dict[str, int]) -> None:
 
 
 def validate_processing(temperature: float, top_k: int | None, top_p: float | None, name: str = "temperature"):
-    if not temperature > 0:
-        raise ValueError(f"{name} must be > 0, got {temperature}")
+    """A temperature in TEMPERATURE_RANGE, top_k >= 1 and top_p in (0, 1] (None: off); ValueError naming the field."""
+    check_in_range(temperature, name, TEMPERATURE_RANGE)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (off), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -43,14 +43,17 @@ class SampleResult:
 
 
 def check_prompts(model, prompts: list[list[int]]) -> int | None:
-    """Refuse empty prompts and prompts that leave no room in the context; return the context."""
+    """Refuse empty prompts and prompts that leave no room in the context; return the context.
+
+    Messages count prompts from 1, as a person reads a list.
+    """
     limit = context_length(model)
-    for i, prompt in enumerate(prompts):
+    for number, prompt in enumerate(prompts, 1):
         if len(prompt) == 0:
-            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            raise ValueError(f"prompt {number} is empty: every prompt needs at least one token")
         if limit is not None and len(prompt) >= limit:
             raise ValueError(
-                f"prompt {i} has {len(prompt)} tokens but the model's context is {limit}: "
+                f"prompt {number} has {len(prompt)} tokens but the model's context is {limit}: "
                 f"prompts must be shorter than the context"
             )
     return limit

@@ -84,9 +84,9 @@ class BaseSamplingConfig:
 class LowTempConfig:
     """Token-level low temperature: each token from p(. | prefix)^(1/T), T = 1/alpha unless set."""
 
-    alpha: float = field(default=4.0, metadata={"help": "Sharpening power; the temperature is 1/alpha (> 0)."})
+    alpha: float = field(default=4.0, metadata={"help": "Sharpening power; the temperature is 1/alpha (alpha 0.01 to 100)."})
     temperature: float | None = field(default=None, metadata={
-        "help": "Sampling temperature (> 0); None: 1/alpha, resolved when the settings are made."})
+        "help": "Sampling temperature (0.01 to 100); None: 1/alpha, resolved when the settings are made."})
     top_k: int | None = field(default=None, metadata={"help": "Keep only the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1] (None: off)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of one completion (>= 1)."})

@@ -18,19 +18,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sharpen.errors import UsageError
 from sharpen.runs.files import looks_like_path
 
 BUILTIN_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UsageError):
     """A model spec that cannot be loaded; the message says what is accepted."""
 
 
@@ -89,6 +92,73 @@ def _smollm2_checkpoint() -> Path:
     return target
 
 
+def check_weights(directory: str | os.PathLike, spec: str | None = None) -> None:
+    """ModelLoadError naming a damaged *.safetensors file of a checkpoint directory (truncated, or a bad header).
+
+    Reads only each file's header: 8 bytes of little-endian header length, a JSON header whose
+    tensors' data_offsets end where the file must end. A copy or download cut short fails here in
+    one line instead of deep inside safetensors.
+    """
+    for file in sorted(Path(directory).expanduser().glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem is not None:
+            raise ModelLoadError(f"model '{spec or directory}': the weights file {file} is damaged ({problem}): "
+                                 f"copy, download or save the checkpoint again")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be whole, or None when its size matches what its header describes."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated: {size} bytes, shorter than the 8-byte header length"
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            return f"truncated: {size} bytes, the header alone needs {8 + length}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not a safetensors header"
+    if 8 + length + end != size:
+        what = "truncated" if size < 8 + length + end else "longer than its header describes"
+        return f"{what}: {size} bytes, its header describes {8 + length + end}"
+    return None
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for no network (huggingface_hub's reading of the variable)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_model_reachable(spec: str, what: str = "model") -> None:
+    """UsageError unless `spec` is a local directory, a Hub id in the local HF cache, or a Hub id the Hub answers for.
+
+    Offline (HF_HUB_OFFLINE) an uncached Hub id is refused at once; online the Hub is asked
+    (10 s at most). Nothing is downloaded.
+    """
+    if Path(spec).expanduser().is_dir():
+        return
+    if looks_like_path(spec) or "/" not in spec:
+        raise UsageError(f"{what} '{spec}' is neither an existing directory nor a Hub id (owner/name)")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return  # in the local Hugging Face cache
+    reason = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+    if not hub_offline():
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(spec, timeout=10)
+            return
+        except Exception as err:  # no network, unknown repo, gated repo: all mean "not reachable from here"
+            reason = f"the Hub cannot be reached or has no such model ({type(err).__name__})"
+    raise UsageError(f"{what} '{spec}' cannot be loaded here: {reason}; download it first (huggingface-cli "
+                     f"download {spec}) or give a local directory")
+
+
 def resolve_model_path(spec: str) -> str:
     """Map a built-in name to its checkpoint directory; pass other specs through."""
     if spec in BUILTIN_MODELS:
@@ -111,6 +181,8 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
     dtype = dtype or default_dtype(device)
     path = resolve_model_path(spec)
     local = Path(path)
+    if local.is_dir():
+        check_weights(local, spec)
     if local.is_dir() and (local / "adapter_config.json").exists():
         return _load_adapter(local, device, dtype)
     if not local.exists() and looks_like_path(spec):
@@ -121,7 +193,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
     try:
         tokenizer = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a damaged file in the Hub cache
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"cannot load model '{spec}' ({reason[:200]}): give a checkpoint directory, "

@@ -107,12 +107,12 @@ ENTROPY_FLOOR = 0.1  # the entropy rule's weight of a position without an entrop
 class PowerSamplingConfig:
     """Settings of power-MH sampling; the defaults are the paper's Algorithm 1."""
 
-    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (> 0)."})
+    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (0.01 to 100)."})
     block_size: int = field(default=192, metadata={"help": "Tokens added per block before its MH steps (>= 1)."})
     mcmc_steps: int = field(default=10, metadata={"help": "MH steps per block (>= 0)."})
     max_new_tokens: int = field(default=3072, metadata={"help": "Token budget of a completion (>= 1)."})
     proposal_temperature: float | None = field(
-        default=None, metadata={"help": "Temperature of the proposal q (> 0); None: 1/alpha, resolved when the "
+        default=None, metadata={"help": "Temperature of the proposal q (0.01 to 100); None: 1/alpha, resolved when the "
                                         "config is made (pass None again when changing alpha with replace())."})
     top_k: int | None = field(default=None, metadata={"help": "Proposal keeps the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Proposal nucleus mass in (0, 1] (None: off)."})

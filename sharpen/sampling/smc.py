@@ -108,11 +108,11 @@ class SMCConfig:
     and ramps alpha over 400 (resample_every=64, ramp_tokens=400 here).
     """
 
-    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (> 0)."})
+    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (0.01 to 100)."})
     num_particles: int = field(default=64, metadata={"help": "Particles per run, i.e. per completion (>= 1)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a completion (>= 1)."})
     proposal_temperature: float | None = field(
-        default=None, metadata={"help": "Temperature of the proposal q (> 0); None: 1/alpha, resolved when the "
+        default=None, metadata={"help": "Temperature of the proposal q (0.01 to 100); None: 1/alpha, resolved when the "
                                         "config is made (pass None again when changing alpha with replace())."})
     top_k: int | None = field(default=None, metadata={"help": "Proposal keeps the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Proposal nucleus mass in (0, 1] (None: off)."})

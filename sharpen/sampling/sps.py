@@ -91,7 +91,7 @@ HORIZONS = ("sliding", "block")
 class SPSConfig:
     """Settings of scalable power sampling (token-level look-ahead rollouts, jackknife-corrected)."""
 
-    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (> 0)."})
+    alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (0.01 to 100)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a completion (>= 1)."})
     num_candidates: int = field(default=8, metadata={
         "help": "Candidates per token: the K most likely tokens of p(. | prefix) (>= 1; all tokens if >= vocab)."})

@@ -48,6 +48,7 @@ from sharpen.errors import UsageError
 from sharpen.rl.settings import read_grpo_config
 from sharpen.runs.files import resolve_local
 from sharpen.runs.tracking import WandbConfig
+from sharpen.sampling.draw import check_alpha
 from sharpen.sampling.generate import DEFAULT_BATCH_SIZE
 from sharpen.sampling.methods import get_method, registered_methods
 from sharpen.tasks import task_factory
@@ -121,8 +122,10 @@ class StudyConfig:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_problems is not None and self.num_problems < 1:
             raise UsageError(f"num_problems must be >= 1, got {self.num_problems}")
-        if not self.alpha > 0:
-            raise UsageError(f"alpha must be > 0, got {self.alpha}")
+        try:
+            check_alpha(self.alpha)  # the samplers' range, stated once in sampling.draw
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
         check_profile(self.profile)
@@ -178,7 +181,7 @@ class StudyConfig:
         except ValueError as err:
             raise UsageError(f"{where}: {err}") from None
         name = entry.pop("name", kind)
-        check_instance_name(name)
+        check_instance_name(name, f"{where}.name")
         num_samples = entry.pop("num_samples", self.num_samples)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise UsageError(f"{where}.num_samples must be an integer >= 1, got {num_samples!r}")

@@ -42,7 +42,7 @@ from sharpen.runs.provenance import environment
 from sharpen.runs.records import read_records
 from sharpen.sampling import load_model
 from sharpen.sampling.methods import find_method, get_method
-from sharpen.sampling.models import BUILTIN_MODELS
+from sharpen.sampling.models import BUILTIN_MODELS, check_model_reachable, check_weights
 from sharpen.tasks import get_task
 from sharpen.testbed import build_testbed
 
@@ -67,24 +67,12 @@ def check_model_available(spec: str, what: str = "model") -> None:
     if local.exists():
         if not ((local / "config.json").exists() or (local / "adapter_config.json").exists()):
             raise UsageError(f"{what} '{spec}' is a directory without a checkpoint (no config.json)")
+        check_weights(local, spec)  # a weights file cut short fails here, before study.json
         return
     if looks_like_path(spec):
         raise UsageError(f"{what} '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
                          f"testbed, or {', '.join(BUILTIN_MODELS)}")
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
-        return  # in the local Hugging Face cache
-    reason = "HF_HUB_OFFLINE is set and it is not in the local cache"
-    if not os.environ.get("HF_HUB_OFFLINE"):
-        try:
-            from huggingface_hub import HfApi
-
-            HfApi().model_info(spec, timeout=10)
-            return
-        except Exception as err:  # no network, unknown repo, gated repo: all mean "not loadable here"
-            reason = f"the Hub cannot be reached or has no such model ({type(err).__name__})"
-    raise UsageError(f"{what} '{spec}' cannot be loaded here: {reason}; download it first or give a local path")
+    check_model_reachable(spec, what)
 
 
 def preflight(config: StudyConfig) -> None:
@@ -178,7 +166,8 @@ def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str
         return grpo_model_spec(out)
     train_task, train_args = config.grpo_task
     train_grpo(config.grpo.settings, model=base_spec, task=train_task, task_args=train_args,
-               chat=config.grpo_chat, problem_seed=config.seed, output_dir=out, wandb=config.wandb,
+               chat=config.grpo_chat, problem_seed=config.seed, output_dir=out,
+               wandb=replace(config.wandb, group=config.wandb_group),  # the study's group, beside its other runs
                run_name=f"{config.name}-grpo-training")
     shard.wait()
     return grpo_model_spec(out)

@@ -72,7 +72,7 @@ class SampleRunArgs:
             raise UsageError(str(err)) from None
         if self.name is None:
             self.name = self.method
-        check_instance_name(self.name)
+        check_instance_name(self.name, "--name")
         if self.num_samples < 1:
             raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.num_problems is not None and self.num_problems < 1:
@@ -89,11 +89,18 @@ def check_profile(profile: str, what: str = "profile") -> None:
         raise UsageError(f"unknown {what} '{profile}': valid profiles are {', '.join(PROFILES)}")
 
 
-def check_instance_name(name: str) -> None:
-    """A method instance's name becomes a file name: letters, digits, _ . - only."""
+def check_instance_name(name: str, what: str = "method instance name") -> None:
+    """A method instance's name becomes a file name: letters, digits, _ . - only; `what` names where it was given.
+
+    >>> check_instance_name("../x", "--name")
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: --name '../x' is not a valid file name: use letters, digits, '_', '.' and '-' \
+(starting with a letter or digit, at most 100 characters)
+    """
     # <name>.jsonl sits beside <name>.config.json, <name>.sessions.jsonl and <name>.partN.jsonl.
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or re.search(r"\.(part\d+|sessions|config)$", name):
-        raise UsageError(f"method instance name {name!r} is not a valid file name: use letters, digits, '_', '.' "
+        raise UsageError(f"{what} {name!r} is not a valid file name: use letters, digits, '_', '.' "
                          f"and '-' (starting with a letter or digit, at most 100 characters)")
 
 

@@ -97,7 +97,10 @@ def parse_task_args(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--task-args takes KEY=VALUE items, got '{item}'")
-        options[key] = yaml.safe_load(value)
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:  # "{question} {note}" is no YAML: the text as written is the value
+            options[key] = value
     return options
 
 

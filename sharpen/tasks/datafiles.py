@@ -31,7 +31,7 @@ SPLIT_NAMES = ("test", "validation", "train")
 
 @dataclass
 class Row:
-    index: int  # its position in its file or Hub split (0-based): error messages and stable ids use it
+    index: int  # its position in its file or Hub split (0-based): stable ids use it; messages say index + 1
     values: dict
     where: str  # the file or Hub split it comes from
 
@@ -53,8 +53,11 @@ def read_file(path: str) -> list[dict]:
     builder = FORMATS.get(file.suffix.lower())
     if builder is None:
         raise UsageError(f"data file '{path}' is not one of the accepted formats ({', '.join(FORMATS)})")
-    if not file.read_bytes().strip():
+    raw = file.read_bytes()
+    if not raw.strip():
         return []  # an empty file is an empty split: the task says so, naming the split
+    if builder != "parquet":
+        check_utf8(raw, path)  # pyarrow would keep the bad bytes and fail later, converting a row
     options = {}
     if builder == "csv":
         options["features"] = _string_features(file)  # "007" stays "007": answers are compared as written
@@ -70,7 +73,31 @@ def read_file(path: str) -> list[dict]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UsageError(f"data file '{path}' cannot be read as {builder.upper()} ({type(err).__name__}: "
                          f"{first[:160]})") from None
-    return [dict(row) for row in data]
+    rows = []
+    try:
+        for row in data:
+            rows.append(dict(row))
+    except UnicodeDecodeError:  # a Parquet string column holding bytes that are not UTF-8
+        raise UsageError(f"data file '{path}': row {len(rows) + 1} holds text that is not UTF-8: "
+                         f"text columns must be UTF-8") from None
+    return rows
+
+
+def check_utf8(raw: bytes, path: str) -> None:
+    """UsageError naming the line and byte offset of the first byte of `raw` that is not UTF-8.
+
+    >>> check_utf8(b'{"q": "caf\\xc3\\xa9"}\\n{"q": "caf\\xe9"}\\n', "d.jsonl")
+    Traceback (most recent call last):
+    ...
+    sharpen.errors.UsageError: data file 'd.jsonl' is not UTF-8: line 2 (byte offset 25) holds 0xe9; \
+accepted: UTF-8 text (save the file as UTF-8)
+    """
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1  # lines count from 1, as editors number them
+        raise UsageError(f"data file '{path}' is not UTF-8: line {line} (byte offset {err.start}) holds "
+                         f"0x{raw[err.start]:02x}; accepted: UTF-8 text (save the file as UTF-8)") from None
 
 
 def _string_features(file: Path):
@@ -211,7 +238,7 @@ class DataSource:
         lacking = [r for r in rows if missing(r.values.get(name))]
         if lacking:
             raise UsageError(f"{lacking[0].where}: {len(lacking)} of {len(rows)} rows have no value for '{name}' "
-                             f"(the {what} field), e.g. row {lacking[0].index}")
+                             f"(the {what} field), e.g. row {lacking[0].index + 1}")
 
 
 TEMPLATE_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")

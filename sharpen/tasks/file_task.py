@@ -112,7 +112,7 @@ class DataTask(Task):
             shown = written if len(written) <= 80 else "..." + written[-77:]  # a worked answer ends with it
             raise UsageError(f"{first.where}: the {self.grader.name} grader cannot read the answer "
                              f"('{self.answer_field}') of {len(unreadable)} of {len(rows)} rows, e.g. row "
-                             f"{first.index}: {shown!r}; choose another grader= or fix the data")
+                             f"{first.index + 1}: {shown!r}; choose another grader= or fix the data")
         return [problem for _, problem in made]
 
     def _check_template(self, made: list[tuple[Row, dict]]) -> None:
@@ -128,7 +128,7 @@ class DataTask(Task):
             lacking = [row for row, p in made if name not in p["fields"]]
             if lacking:
                 raise UsageError(f"{where}: {len(lacking)} of {len(made)} rows have no value for '{name}' "
-                                 f"(named by the prompt template), e.g. row {lacking[0].index}")
+                                 f"(named by the prompt template), e.g. row {lacking[0].index + 1}")
 
     def gold_text(self, row: Row):
         """The row's answer as written (before the grader reads it)."""

