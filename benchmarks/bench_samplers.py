@@ -67,10 +67,9 @@ def instances(cfg: BenchConfig, batch: int) -> dict[str, tuple[str, object]]:
         method = get_method(name)
         if method.model != "base":
             continue
-        fields = set(method.field_names())
-        settings = method.make_settings(**{k: v for k, v in sizes.items() if k in fields})
+        settings = method.settings_from(sizes)
         out[name] = (name, settings)
-        if "position" in fields:
+        if "position" in method.field_names():
             out[f"{name} entropy"] = (name, dataclasses.replace(settings, position="entropy"))
     return out
 

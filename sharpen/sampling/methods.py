@@ -187,6 +187,16 @@ class Method:
                              f"{', '.join(accepted) or 'none'}")
         return self.settings(**values)
 
+    def settings_from(self, values: dict):
+        """The settings dataclass from those of `values` that are its fields, the others ignored: one set of
+        sizes (alpha, max_new_tokens, num_particles, ...) for every method, as the benchmarks use.
+
+        >>> get_method("base").settings_from({"alpha": 2.0, "max_new_tokens": 8}).max_new_tokens
+        8
+        """
+        fields = set(self.field_names())
+        return self.make_settings(**{k: v for k, v in values.items() if k in fields})
+
     def field_names(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.settings) if f.init]
 
