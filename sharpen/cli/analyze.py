@@ -6,7 +6,7 @@
     accelerate launch --config_file sharpen/configs/accelerate/multi_gpu.yaml -m sharpen analyze runs/demo
 
 Parses the flags into analysis.AnalysisConfig and sharpen.runs.tracking.WandbConfig, calls
-analysis.analyze (which scores into RUN_DIR/scores/, never modifying samples/*.jsonl) and
+sharpen.analyze (which scores into RUN_DIR/scores/, never modifying samples/*.jsonl) and
 prints a summary. The wandb flags are WandbConfig's fields with a `wandb` prefix and its defaults
 (--wandb auto: $WANDB_MODE when set, else offline).
 """

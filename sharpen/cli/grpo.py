@@ -17,7 +17,7 @@ key, plus an `env:` mapping), then the flags. LoRA is ModelConfig's: --lora (or 
 --lora_r, --lora_alpha, --lora_target_modules (default all-linear), ... and
 `trl.get_peft_config` builds it. A study's `grpo:` section is the same mapping
 (sharpen.rl.stage.train_grpo). --rollouts sharpen (the default) samples GRPO's completions with
-`sampling.sample` (sharpen.rl.rollouts); --rollouts trl keeps TRL's own model.generate.
+`sharpen.sample` (sharpen.rl.rollouts); --rollouts trl keeps TRL's own model.generate.
 --accelerate-config (a file, or a packaged name: cpu, cpu_2proc, multi_gpu, deepspeed_zero3,
 fsdp2, ...) runs the same command again under `accelerate launch` and waits for it.
 

@@ -5,7 +5,7 @@
 
     grpo.py       grpo_train: GRPOTrainer with the run defaults, batch/LoRA checks, resume, cost.json, metrics.json
     rewards.py    grade_reward: a task's grade(problem, completion) as a TRL reward function
-    rollouts.py   GRPO's completions from sampling.sample (TRL's rollout_func hook), or TRL's own generate
+    rollouts.py   GRPO's completions from sharpen.sample (TRL's rollout_func hook), or TRL's own generate
     settings.py   GrpoRunArgs, GrpoSettings, a study's grpo section as settings (study_mapping)
     merge.py      the one merge of defaults, a YAML mapping and flags: trl.TrlParser (SettingsParser)
     rundir.py     run.json identity, resume and ownership checks, recorded checkpoints (grpo_model_spec)

@@ -354,7 +354,7 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     `model`), so it can be a portable name rather than a cache path. With "wandb" in
     `args.report_to` the main process logs to a run opened by sharpen.runs.tracking.start_run
     under `args.run_name` (`wandb`, default WandbConfig(): mode auto); with wandb off, "wandb" is dropped
-    from report_to. `rollouts` says who samples the completions: "sharpen" (`sampling.sample`
+    from report_to. `rollouts` says who samples the completions: "sharpen" (`sharpen.sample`
     through TRL's rollout_func, sharpen.rl.rollouts) or "trl" (TRL's own model.generate).
     """
     from trl import GRPOTrainer

@@ -1,10 +1,10 @@
-"""GRPO rollouts through the project's own sampler (`sampling.sample`), as TRL's `rollout_func` hook.
+"""GRPO rollouts through the project's own sampler (`sharpen.sample`), as TRL's `rollout_func` hook.
 
     from sharpen.rl.rollouts import sharpen_rollouts
     GRPOTrainer(..., rollout_func=sharpen_rollouts)   # what grpo_train(..., rollouts="sharpen") does
 
 TRL's own path decodes with `model.generate`, which keeps decoding finished rows until the
-longest one is done. `sampling.sample` drops a row from the batch (and its KV cache rows)
+longest one is done. `sharpen.sample` drops a row from the batch (and its KV cache rows)
 as soon as it ends, so a round costs the sum of the completions' lengths, not B times the
 longest. Each completion draws from its own torch.Generator seeded with
 derive_seed(args.seed, global_step, process_index, index): rollouts are reproducible and
@@ -22,7 +22,7 @@ rollout see identical prompt ids, and completions stop at the trainer's EOS ids.
 
 `logprobs`: TRL reads them only for vLLM's importance-sampling correction, where they must
 be the log-probs of the sampled tokens under the processed distribution actually sampled
-from (vLLM's processed_logprobs). `sampling.sample` reports log p at temperature 1, which is
+from (vLLM's processed_logprobs). `sharpen.sample` reports log p at temperature 1, which is
 that distribution exactly when temperature is 1 and top-k / top-p are off; otherwise the
 hook returns None, which TRL accepts and which is correct since it uses them nowhere else.
 
@@ -45,7 +45,7 @@ DEFAULT_ROLLOUTS = "sharpen"
 
 
 def check_rollouts(rollouts: str, args: dict | None = None, *, fsdp: bool = False) -> None:
-    """Refuse an unknown rollout kind, or settings that `sampling.sample` cannot honour; one-line UsageError.
+    """Refuse an unknown rollout kind, or settings that `sharpen.sample` cannot honour; one-line UsageError.
 
     `args` holds GRPOConfig fields (missing ones take TRL's defaults); `fsdp`: the run is (to be)
     sharded by FSDP, whether through GRPOConfig's `fsdp` or an accelerate config.
@@ -83,12 +83,12 @@ of steps): use rollouts: trl
     if args.get("ds3_gather_for_generation") is False:
         unsupported.append("ds3_gather_for_generation false")
     if unsupported:
-        raise UsageError(f"rollouts: sharpen (sampling.sample) does not support {', '.join(unsupported)}: "
+        raise UsageError(f"rollouts: sharpen (sharpen.sample) does not support {', '.join(unsupported)}: "
                          f"unset it or use rollouts: trl")
 
 
 def sampling_settings(args) -> dict:
-    """temperature, top_k, top_p and max_new_tokens for `sampling.sample` from a GRPOConfig (TRL's "off" -> None).
+    """temperature, top_k, top_p and max_new_tokens for `sharpen.sample` from a GRPOConfig (TRL's "off" -> None).
 
     >>> from types import SimpleNamespace
     >>> sampling_settings(SimpleNamespace(temperature=0.7, top_k=0, top_p=1.0, max_completion_length=64))
@@ -150,7 +150,7 @@ def sample_policy(trainer, prompt_ids: list[list[int]], seeds: list[int]):
 
 
 def sharpen_rollouts(prompts: list, trainer) -> dict:
-    """TRL's rollout_func: one completion per entry of this process's prompt slice, from `sampling.sample`.
+    """TRL's rollout_func: one completion per entry of this process's prompt slice, from `sharpen.sample`.
 
     Returns prompt_ids (as TRL tokenizes them), completion_ids (ending with EOS unless cut at
     max_completion_length) and logprobs (see the module docstring).

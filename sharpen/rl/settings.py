@@ -53,7 +53,7 @@ class GrpoRunArgs:
     problem_seed: int = field(default=0, metadata={"help": "Seed the task draws its train problems with."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft): the same as --use_peft."})
     rollouts: str = field(default=DEFAULT_ROLLOUTS, metadata={
-        "help": "Who samples GRPO's completions: sharpen (sampling.sample through TRL's rollout_func: finished rows "
+        "help": "Who samples GRPO's completions: sharpen (sharpen.sample through TRL's rollout_func: finished rows "
                 "leave the batch, one seed per completion) or trl (TRL's own model.generate)."})
     from_checkpoint: str | None = field(default=None, metadata={
         "help": "Record an existing RL checkpoint (Hub id or path) as this run's model instead of training."})
