@@ -83,7 +83,7 @@ of steps): use rollouts: trl
     if args.get("ds3_gather_for_generation") is False:
         unsupported.append("ds3_gather_for_generation false")
     if unsupported:
-        raise UsageError(f"rollouts: sharpen (sharpen.sample) does not support {', '.join(unsupported)}: "
+        raise UsageError(f"rollouts: sharpen (sampling.sample) does not support {', '.join(unsupported)}: "
                          f"unset it or use rollouts: trl")
 
 
