@@ -19,7 +19,8 @@ The subpackages, bottom layer first (each imports only those before it):
     errors.py   UsageError: a user's mistake, one line and exit status 2 on the command line
     runs/       files, locks, per-sample records, processes, provenance, wandb tracking
     sampling/   the base model as a distribution: loading, plain and low-temperature sampling,
-                the power samplers (MH, SMC, SPS), the method registry and its plug-ins
+                the power samplers (MH, SMC, SPS), importance sampling of p^alpha (power_is),
+                the method registry and its plug-ins
     testbed/    the synthetic task and its tiny locally trained model
     tasks/      data + prompt + grader per task, the code sandbox, user files; task plug-ins
     analysis/   scores under the base model, pass@k, diversity, statistics, plots, report, wandb
@@ -49,6 +50,8 @@ _EXPORTS = {
     "SMCConfig": "sharpen.sampling.smc",
     "sps_sample": "sharpen.sampling.sps",
     "SPSConfig": "sharpen.sampling.sps",
+    "importance_sample": "sharpen.sampling.importance",
+    "ImportanceSamplingConfig": "sharpen.sampling.importance",
     "BaseSamplingConfig": "sharpen.sampling.methods",
     "LowTempConfig": "sharpen.sampling.methods",
     "Method": "sharpen.sampling.methods",

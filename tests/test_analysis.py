@@ -18,7 +18,7 @@ from scipy import stats as sstats
 from sharpen.analysis import diversity as div
 from sharpen.analysis.scoring import score_completions
 from sharpen.analysis.stats import (accuracy_interval, holm, majority_vote_score, paired_comparison, pass_at_k,
-                            pass_at_k_curve, pass_at_k_matrix)
+                            pass_at_k_curve, pass_at_k_matrix, sign_flip_test)
 
 # ---------------------------------------------------------------------------------------------- pass@k
 
@@ -96,8 +96,8 @@ def test_paired_test_detects_a_planted_difference():
     p = rng.beta(2, 3, size=150)
     q = np.clip(p + 0.15, 0, 1)
     result = paired_comparison(_rates(rng, p, 4), _rates(rng, q, 4), binary=False)
-    assert result["test"] == "wilcoxon"
-    assert result["p_value"] < 1e-3
+    assert result["test"] == "permutation" and result["permutation"] == "monte_carlo" and result["flips"] == 20000
+    assert result["p_value"] < 1e-3 and result["wilcoxon_p"] < 1e-3
     assert result["low"] <= (q - p).mean() <= result["high"] and result["low"] > 0
     assert result["b_better"] > result["a_better"]
 
@@ -107,22 +107,118 @@ def test_mcnemar_detects_a_planted_difference_with_one_sample_per_problem():
     a = rng.binomial(1, 0.3, size=300).astype(float)
     b = np.maximum(a, rng.binomial(1, 0.3, size=300))  # b solves all a solves, and more
     result = paired_comparison(a, b, binary=True)
-    assert result["test"] == "mcnemar_exact"
     assert result["a_better"] == 0 and result["b_better"] == int((b > a).sum())
-    assert result["p_value"] == pytest.approx(2 * 0.5 ** result["b_better"])
+    assert result["mcnemar_p"] == pytest.approx(2 * 0.5 ** result["b_better"])
+    # With 0/1 outcomes every nonzero difference is +-1: the permutation test is the exact McNemar test.
+    assert result["test"] == "permutation" and result["permutation"] == "binomial"
+    assert result["p_value"] == pytest.approx(result["mcnemar_p"], rel=1e-9)
     assert result["only_b_solves"] == result["b_better"]
 
 
-def test_paired_test_does_not_flag_copies_or_draws_of_the_same_method():
+def test_paired_test_does_not_flag_copies_of_the_same_method():
     rng = np.random.default_rng(4)
-    p = rng.beta(2, 3, size=100)
-    same = _rates(rng, p, 4)
+    same = _rates(rng, rng.beta(2, 3, size=100), 4)
     copy = paired_comparison(same, same.copy(), binary=False)
-    assert copy["p_value"] == 1.0 and copy["diff"] == 0.0 and copy["low"] == copy["high"] == 0.0
-    # Two independent draws of one method: the 5% test rejects about 5% of the time.
-    rejections = sum(paired_comparison(_rates(rng, p, 4), _rates(rng, p, 4), binary=False,
-                                       n_resamples=200)["p_value"] < 0.05 for _ in range(200))
-    assert rejections / 200 <= 0.10
+    assert copy["p_value"] == 1.0 and copy["wilcoxon_p"] == 1.0 and copy["permutation"] == "exact"
+    assert copy["diff"] == 0.0 and copy["low"] == copy["high"] == 0.0
+
+
+def _pairs(gains: int, losses: int, ties: int, gain: float = 1.0, loss: float = 0.25):
+    """Pass rates (a, b) of 4-sample problems: `gains` problems b - a = +gain, `losses` with -loss, `ties` equal."""
+    a = np.array([0.0] * gains + [loss] * losses + [0.5] * ties)
+    b = np.array([gain] * gains + [0.0] * losses + [0.5] * ties)
+    return a, b
+
+
+# (a, b) cases: a mean carried by few large gains against many small losses (signed ranks nearly balance),
+# a weaker one whose interval covers 0, and many equal small losses (all |d| equal); each also mirrored.
+PAIRED_CASES = [_pairs(16, 24, 20), _pairs(10, 30, 20), _pairs(12, 24, 24), _pairs(5, 40, 15, gain=0.25)]
+PAIRED_CASES += [(b, a) for a, b in PAIRED_CASES]
+
+
+def _one_sided(d, flips=20000, seed=0):
+    """Broken variant: p = P(T* >= T) for the signed sum, which only sees gains of b."""
+    rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=(flips, d.size)) * 2 - 1
+    return (1 + int(np.sum(signs @ np.abs(d) >= d.sum() - 1e-9))) / (1 + flips)
+
+
+def _agree(p_of) -> list[bool]:
+    """Per case: whether `p_of(d) < 0.05` exactly when the paired bootstrap interval of the mean excludes 0."""
+    out = []
+    for a, b in PAIRED_CASES:
+        e = paired_comparison(a, b, binary=False, n_resamples=2000)
+        out.append((e["low"] > 0 or e["high"] < 0) == (p_of(b - a) < 0.05))
+    return out
+
+
+def test_permutation_p_agrees_with_the_interval_of_the_mean_where_wilcoxon_does_not():
+    a, b = PAIRED_CASES[0]
+    e = paired_comparison(a, b, binary=False)
+    # The situation met in a run: diff +0.167 with an interval above 0, Wilcoxon p far from significant.
+    assert e["diff"] == pytest.approx(1 / 6) and e["low"] > 0 and e["p_value"] < 0.05 and e["wilcoxon_p"] > 0.1
+    assert all(_agree(lambda d: paired_comparison(np.zeros_like(d), d, binary=False)["p_value"]))
+    assert not all(_agree(lambda d: paired_comparison(np.zeros_like(d), d, binary=False)["wilcoxon_p"]))
+    assert not all(_agree(_one_sided))  # a one-sided test misses every mirrored (negative) difference
+    # p depends on |mean| only: mirroring a case keeps its p.
+    assert sign_flip_test(b - a) == sign_flip_test(a - b)
+
+
+def test_exact_enumeration_equals_monte_carlo_and_the_binomial_shortcut():
+    rng = np.random.default_rng(5)
+    d = np.concatenate([rng.normal(0.35, 1.0, size=16), np.zeros(5)])  # 16 distinct nonzero differences
+    exact, how = sign_flip_test(d)
+    assert how == "exact" and 0.01 < exact < 0.5
+    # By hand: the share of the 2^16 sign patterns whose |sum| reaches the observed one.
+    patterns = np.array(list(itertools.product([-1, 1], repeat=16)))
+    assert exact == pytest.approx(np.mean(np.abs(patterns @ np.abs(d[:16])) >= abs(d.sum()) - 1e-9))
+    for seed in (0, 1):
+        estimate, how = sign_flip_test(d, exact_max=0, seed=seed)
+        assert how == "monte_carlo" and abs(estimate - exact) < 4 * math.sqrt(exact * (1 - exact) / 20000) + 1e-4
+    assert sign_flip_test(d, exact_max=0, seed=0) != sign_flip_test(d, exact_max=0, seed=1)
+    assert sign_flip_test(d, exact_max=0, seed=0) == sign_flip_test(d, exact_max=0, seed=0)
+    # All |d| equal: the sum is a binomial count, and the shortcut equals the enumeration and the sign test.
+    signs = np.array([0.25] * 11 + [-0.25] * 3 + [0.0] * 4)
+    exact, how = sign_flip_test(signs)
+    shortcut, how_shortcut = sign_flip_test(signs, exact_max=0)
+    assert (how, how_shortcut) == ("exact", "binomial")
+    assert shortcut == pytest.approx(exact, rel=1e-12) == pytest.approx(sstats.binomtest(11, 14).pvalue, rel=1e-12)
+    assert sign_flip_test(np.zeros(7)) == (1.0, "exact")
+
+
+def _unpaired(d_a, d_b, perms=1000, seed=0):
+    """Broken variant: permute the method labels across all 2P values, ignoring which problem each belongs to."""
+    rng = np.random.default_rng(seed)
+    pooled, size = np.concatenate([d_a, d_b]), d_a.size
+    x = pooled[rng.permuted(np.broadcast_to(np.arange(2 * size), (perms, 2 * size)), axis=1)]
+    t = np.abs(x[:, size:].mean(1) - x[:, :size].mean(1))
+    return (1 + int(np.sum(t >= abs(d_b.mean() - d_a.mean()) - 1e-12))) / (1 + perms)
+
+
+def test_permutation_p_values_are_uniform_under_the_null():
+    # 500 null datasets: problems of very different difficulty, the two methods exchangeable on each, so
+    # every difference is symmetric about 0. Half have 14 problems (enumerated), half 40 (Monte Carlo).
+    rng = np.random.default_rng(7)
+    runs = 500
+    low, high = sstats.binom.ppf(5e-4, runs, 0.05), sstats.binom.isf(5e-4, runs, 0.05)  # 25 expected: [9, 43]
+    p, unpaired, rates, how = [], [], [], set()
+    for i in range(runs):
+        size = 14 if i % 2 else 40
+        level = rng.normal(0, 3, size=size)
+        a, b = level + rng.normal(size=size), level + rng.normal(size=size)
+        value, kind = sign_flip_test(b - a)
+        p.append(value)
+        how.add(kind)
+        unpaired.append(_unpaired(a, b))
+        q = rng.beta(1, 1, size=size)  # pass rates of 8 samples: ties make the test conservative, never liberal
+        rates.append(sign_flip_test(_rates(rng, q, 8) - _rates(rng, q, 8))[0])
+    p, unpaired, rates = np.array(p), np.array(unpaired), np.array(rates)
+    assert how == {"exact", "monte_carlo"}
+    assert low <= np.sum(p < 0.05) <= high
+    assert sstats.kstest(p, "uniform").pvalue > 1e-3  # uniform elsewhere too
+    assert np.sum(rates < 0.05) <= high
+    # Ignoring the pairing: the spread between problems swamps the null, and the test almost never rejects.
+    assert np.sum(unpaired < 0.05) < low
 
 
 def test_holm_adjustment():

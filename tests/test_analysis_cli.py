@@ -261,13 +261,14 @@ def test_cli_runs_and_reports_bad_input_in_one_line(sampled_run, analysed_run, t
     run_dir = _copy(analysed_run[0], tmp_path)
     before = sample_hashes(sampled_run)
     assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--bootstrap", "200",
-                 "--batch-tokens", "64", "--seed", "3", "--confidence", "0.9", "--rescore"]) == 0
+                 "--batch-tokens", "64", "--seed", "3", "--confidence", "0.9", "--rescore",
+                 "--target-tolerance", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "base: accuracy" in out and "power_mh_a2: accuracy" in out and "report.md" in out
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["settings"] == {"confidence": 0.9, "bootstrap_resamples": 200, "seed": 3,
                                  "diversity_samples_per_problem": 4, "entropy_samples_per_problem": 4,
-                                 "majority_subsets": 64}
+                                 "majority_subsets": 64, "target_tolerance": 0.1, "min_ess": 5}
     assert saved["analysis"]["config"]["batch_tokens"] == 64
     assert saved["analysis"]["scored_now"] == 80 and set(saved["analysis"]["reset"]) == set(NAMES)
     assert main(["analyze", str(run_dir), "--wandb", "off", "--embeddings", "off", "--no-score"]) == 0

@@ -1,4 +1,5 @@
-"""Accuracy at equal compute: majority vote over k-subsets against enumeration, the rows, and their bad inputs.
+"""Accuracy at equal compute: majority vote over k-subsets against enumeration, k with the prompt prefilled
+once, the rows, and their bad inputs.
 
     python -m pytest -q tests/test_equal_compute.py
 """
@@ -10,11 +11,13 @@ import itertools
 import numpy as np
 import pytest
 
-from sharpen.analysis.equal_compute import equal_compute_row, interpolate, majority_curve, training_forward_tokens
+from sharpen.analysis.equal_compute import (equal_compute_row, equal_compute_rows, interpolate, majority_curve,
+                                            prompt_tokens, training_forward_tokens)
 from sharpen.analysis.metrics import compute_metrics
 from sharpen.analysis.outcomes import Outcomes
 from sharpen.analysis.report import render_report
 from sharpen.analysis.stats import majority_vote_score
+from sharpen.sampling.methods import get_method, registered_methods
 from test_large_k import make_run, records
 
 
@@ -74,10 +77,12 @@ def test_interpolation_between_integers():
 
 
 def test_row_at_fractional_k_with_a_paired_verdict():
-    base = make("base", "base", PROBLEMS, forward=10.0)
-    sampler = make("power_mh", "power_mh", {p: (["x"] * 4, [1] * 4) for p in PROBLEMS}, forward=25.0)
-    row = equal_compute_row(sampler, base, n_resamples=500)
-    assert row["status"] == "ok" and row["k"] == pytest.approx(2.5) and row["reference_samples"] == 6
+    base = make("base", "base", PROBLEMS, forward=10.0)  # a 4-token prompt + 6 forward tokens per sample
+    prompts = [np.full(6, 4.0)] * len(PROBLEMS)
+    sampler = make("power_mh", "power_mh", {p: (["x"] * 4, [1] * 4) for p in PROBLEMS}, forward=19.0)
+    row = equal_compute_row(sampler, base, reference_prompts=prompts, n_resamples=500)
+    assert row["status"] == "ok" and row["k"] == pytest.approx(2.5) and row["reference_samples"] == 6  # (19-4)/6
+    assert row["k_prompt_per_sample"] == pytest.approx(1.9) and "cost_note" not in row
     want = np.mean([0.5 * exact_majority(a, c, 2) + 0.5 * exact_majority(a, c, 3) for a, c in PROBLEMS.values()])
     assert row["majority_vote"]["value"] == pytest.approx(want, abs=0.08)  # 64 subsets per problem
     assert row["accuracy"]["value"] == 1.0 and row["beats_voting"] == "yes"
@@ -88,8 +93,8 @@ def test_row_at_fractional_k_with_a_paired_verdict():
     exact_pass = 0.5 * pass_at_k_matrix(n, c, [2]).mean() + 0.5 * pass_at_k_matrix(n, c, [3]).mean()
     assert row["pass_at_k"]["value"] == pytest.approx(exact_pass)
     # A sampler that is always wrong does not beat voting.
-    wrong = make("power_mh", "power_mh", {p: (["x"] * 4, [0] * 4) for p in PROBLEMS}, forward=25.0)
-    assert equal_compute_row(wrong, base, n_resamples=500)["beats_voting"] == "no"
+    wrong = make("power_mh", "power_mh", {p: (["x"] * 4, [0] * 4) for p in PROBLEMS}, forward=19.0)
+    assert equal_compute_row(wrong, base, reference_prompts=prompts, n_resamples=500)["beats_voting"] == "no"
 
 
 def test_k_beyond_the_references_samples_is_marked_not_extrapolated():
@@ -115,11 +120,88 @@ def test_training_forward_tokens():
     assert training_forward_tokens(None) == (None, None)
 
 
+# ------------------------------------------------------------------------------- k with the prompt once
+
+
+def plain_records(name: str, prompts: dict[str, int], lengths: list[int], forward=None) -> list[dict]:
+    """Records of plain decoding: problem p has a prompts[p]-token prompt, sample s has lengths[s] tokens, so
+    forward_tokens = prompt + num_tokens - 1 (or `forward` for every record, for a sampler)."""
+    out = []
+    for pid, prompt in prompts.items():
+        for s, n in enumerate(lengths):
+            out.append({"method": name, "problem_id": pid, "sample_idx": s, "prompt": "q" * prompt, "correct": s == 0,
+                        "extracted_answer": "right" if s == 0 else f"wrong{s % 3}", "num_tokens": n,
+                        "completion_ids": [5] * n,
+                        "cost": {"forward_tokens": prompt + n - 1 if forward is None else forward}})
+    return out
+
+
+def grouped(records: list[dict]) -> dict[str, list[dict]]:
+    groups = {}
+    for r in records:
+        groups.setdefault(r["problem_id"], []).append(r)
+    return groups
+
+
+def test_k_counts_the_references_prompt_once():
+    # base: prompts of 80 and 120 tokens (mean 100), completions of 11..41 tokens, so 10..40 forward tokens
+    # each beyond the prompt (mean 25): C_R = 125. The sampler spends C_S = 250 per completion, prompt included.
+    prompts, lengths = {"p0": 80, "p1": 120}, [11, 21, 31, 41] * 2
+    records = {"base": grouped(plain_records("base", prompts, lengths)),
+               "power_mh": grouped(plain_records("power_mh", prompts, [7, 7], forward=250.0))}
+    outcomes = {name: Outcomes.from_groups(name, name, g) for name, g in records.items()}
+    rows = equal_compute_rows(outcomes, records=records, n_resamples=200)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["reference_prompt_tokens"] == pytest.approx(100.0)
+    assert row["reference_completion_forward"] == pytest.approx(25.0)
+    # k samples of one prompt with a shared prefix: prompt + k * 25 forward tokens = 250 -> k = 6.
+    assert row["k"] == pytest.approx(6.0) and row["status"] == "ok" and "cost_note" not in row
+    per_token = np.mean([n - 1 for n in lengths])  # forward tokens of one sample after the prompt's prefill
+    assert np.mean([p + 6 * per_token for p in prompts.values()]) == pytest.approx(250.0)  # one prefill per problem
+    # The old accounting prefills the prompt for each sample: 6 samples would cost 6 * 125 = 750, so k = 250 / 125.
+    assert np.mean([6 * (p + per_token) for p in prompts.values()]) == pytest.approx(750.0)
+    assert row["k_prompt_per_sample"] == pytest.approx(2.0)
+    # Broken variant: charging the prompt to every reference sample (prompt 0 left over) gives the old k.
+    broken = equal_compute_row(outcomes["power_mh"], outcomes["base"],
+                               reference_prompts=[np.zeros(8), np.zeros(8)], n_resamples=200)
+    assert broken["k"] == pytest.approx(row["k_prompt_per_sample"]) and broken["k"] != pytest.approx(row["k"])
+    # Without the records, the row says that each sample was charged its prompt.
+    blind = equal_compute_rows(outcomes, n_resamples=200)[0]
+    assert blind["k"] == pytest.approx(2.0) and "charged its own prompt" in blind["cost_note"]
+    assert "reference_prompt_tokens" not in blind
+
+
+def test_prompt_tokens_of_a_plain_decoding_record():
+    groups = grouped(plain_records("base", {"p0": 9, "p1": 30}, [1, 4, 12]))
+    assert [x.tolist() for x in prompt_tokens(groups)] == [[9.0, 9.0, 9.0], [30.0, 30.0, 30.0]]
+    # Without num_tokens the completion's ids are counted; a record whose cost is not plain decoding's reads NaN.
+    odd = [{"completion_ids": [1, 2, 3], "cost": {"forward_tokens": 12}},
+           {"num_tokens": 50, "cost": {"forward_tokens": 12}}, {"num_tokens": 3},
+           {"num_tokens": 3, "cost": {"forward_tokens": None}}]
+    got = prompt_tokens({"p": odd})[0]
+    assert got[0] == 10.0 and np.isnan(got[1:]).all()
+
+
+def test_prompt_is_recovered_from_what_every_reference_method_records(tiny_model):
+    # forward_tokens - num_tokens + 1 must be the prompt for each equal-compute reference's real sampler.
+    prompts = [[2, 10, 11, 12], [2] + list(range(10, 27))]
+    references = [get_method(name) for name in registered_methods() if get_method(name).equal_compute_reference]
+    assert references
+    for method in references:
+        results = method.run(tiny_model, prompts, method.settings(max_new_tokens=6), seeds=[1, 2])
+        groups = {str(i): [{"num_tokens": len(r.token_ids), "cost": r.stats}] for i, r in enumerate(results)}
+        assert [x.tolist() for x in prompt_tokens(groups)] == [[4.0], [18.0]], method.name
+
+
 def test_rows_in_metrics_and_report_with_a_training_row():
     problems = {f"p{i}": (6, 2) for i in range(10)}
     answer = lambda pid, s, ok: "right" if ok else f"wrong{s % 2}"  # noqa: E731
-    run = make_run({"base": ("base", records("base", problems, answer=answer, forward=10.0)),
-                    "low_temp": ("low_temp", records("low_temp", problems, answer=answer, forward=10.0)),
+
+    def reference(name):  # 10 forward tokens = a 5-token prompt + 6 sampled tokens - 1
+        return [{**r, "num_tokens": 6} for r in records(name, problems, answer=answer, forward=10.0)]
+
+    run = make_run({"base": ("base", reference("base")), "low_temp": ("low_temp", reference("low_temp")),
                     "power_mh": ("power_mh", records("power_mh", {p: (2, 2) for p in problems}, answer=answer,
                                                      forward=30.0)),
                     "grpo": ("grpo", records("grpo", {p: (2, 2) for p in problems}, answer=answer, forward=10.0)),
@@ -131,15 +213,18 @@ def test_rows_in_metrics_and_report_with_a_training_row():
     assert set(rows) == {("low_temp", "base", False), ("power_mh", "base", False), ("power_mh", "low_temp", False),
                          ("grpo", "base", False), ("grpo", "low_temp", False), ("grpo", "base", True),
                          ("grpo", "low_temp", True), ("power_smc", "base", False), ("power_smc", "low_temp", False)}
-    assert rows["power_mh", "base", False]["k"] == pytest.approx(3.0)
-    # grpo: 10 forward tokens per completion + 200 training forward tokens over 10 problems = 30 -> k = 3.
+    # power_mh: (30 - 5) / (10 - 5) = 5 base samples (3 with a prefill per sample).
+    assert rows["power_mh", "base", False]["k"] == pytest.approx(5.0)
+    assert rows["power_mh", "base", False]["k_prompt_per_sample"] == pytest.approx(3.0)
+    # grpo: 10 forward tokens per completion + 200 training forward tokens over 10 problems = 30 -> k = 5.
     trained = rows["grpo", "base", True]
-    assert trained["forward_per_completion"] == pytest.approx(30.0) and trained["k"] == pytest.approx(3.0)
-    assert trained["training_forward_tokens"] == 200.0
+    assert trained["forward_per_completion"] == pytest.approx(30.0) and trained["k"] == pytest.approx(5.0)
+    assert trained["training_forward_tokens"] == 200.0 and trained["k_prompt_per_sample"] == pytest.approx(3.0)
     assert rows["grpo", "base", False]["k"] == pytest.approx(1.0)
     assert rows["power_smc", "base", False]["status"].startswith("no forward tokens in power_smc's")
     report = render_report(metrics, {}, "/nowhere")
     assert "### Accuracy at equal compute" in report
-    assert any(line.startswith("| grpo + training | base | 10 | 30.0 / 10.0 | 3.00 |") for line in report.splitlines())
+    assert any(line.startswith("| grpo + training | base | 10 | 30.0 / 10.0 | 5.0 | 5.00 | 3.00 |")
+               for line in report.splitlines())
     smc_row = next(line for line in report.splitlines() if line.startswith("| power_smc | base |"))
     assert "no forward tokens in power_smc's 20 record(s)" in smc_row

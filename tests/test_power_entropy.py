@@ -1,6 +1,7 @@
-"""Power-MH with `position="entropy"` (decision points) is exact: checked by exact enumeration.
+"""Power-MH with `position="entropy"` (sharpen's variant) and `"entropy_cut"` (decision points) is exact: checked by
+exact enumeration.
 
-    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 40 s on one core
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_power_entropy.py     # about 45 s on one core
 
 The entropy rule picks the resampled position i with P(i | x) = w_i / W(x), w_i = 0.1 + max(0,
 H_i - H_{i-1}) (H_j: entropy of p at x[:j], H_{-1} = H_0; see sharpen/sampling/power.py), so the
@@ -31,6 +32,15 @@ far enough away runs on fewer, marked [n], chosen by the exactness file's `chain
       no stop (law 0.18 from p^4)                                    reversed 0.178, 2e-54 [1500]
 
 "reverse left out": log A keeps -log P(i | x) but drops log P(i | x').
+
+entropy_cut (the decision-point code's rule: w_i = max(0, H_i - H_{i-1})^4, H_{-1} = 0, uniform when W(x) = 0)
+runs on `model` at alpha 2, T 1, 4 steps from exact samples of p^2, where its law puts up to 0.997 on one
+position: right rule p = 0.09 (27 cells, detects TV >= 0.063 at p < 1e-3, 0.098 at p < 1e-12); broken
+variants: uniform |x| term, exact TV 0.115, p 2e-27; reverse left out 0.181, 1e-68 [2000]; reversed 0.191,
+8e-104 [2000]. On `power_model` the cut law is nearly degenerate (a missing or reversed term moves p^4 by < 0.001),
+so it is not used for this rule. W(x) = 0 cannot happen on these models (it needs H_0 = 0): it is checked by
+detailed balance over a synthetic enumerated model with the sampler's own functions, where the uniform ratio a
+port might fall back to is 0.044 off invariance.
 """
 
 from __future__ import annotations
@@ -80,8 +90,15 @@ def position_law(conditionals, x) -> list[float]:
     return [v / sum(w) for v in w]
 
 
+def cut_law(conditionals, x) -> list[float]:
+    """entropy_cut's P(i | x): proportional to max(0, H_i - H_{i-1})^4, H_{-1} = 0; uniform if that is 0 everywhere."""
+    h = entropies(conditionals, x)
+    w = [max(0.0, h[i] - (h[i - 1] if i else 0.0)) ** 4 for i in range(len(x))]
+    return [v / sum(w) for v in w] if sum(w) > 0 else [1.0 / len(x)] * len(x)
+
+
 TERMS = {  # position term of log A, from (P(i | x), P(i | x'), |x|, |x'|)
-    "right": lambda px, py, nx, ny: math.log(py) - math.log(px),
+    "right": lambda px, py, nx, ny: (math.log(py) if py > 0 else -math.inf) - math.log(px),
     "no-position-term": lambda px, py, nx, ny: 0.0,
     "uniform-position-term": lambda px, py, nx, ny: math.log(nx) - math.log(ny),
     "reversed-position-term": lambda px, py, nx, ny: math.log(px) - math.log(py),
@@ -89,19 +106,20 @@ TERMS = {  # position term of log A, from (P(i | x), P(i | x'), |x|, |x'|)
 }
 
 
-def entropy_kernel(conditionals, states, alpha, temperature, top_k=None, top_p=None, term="right"):
-    """The MH transition matrix of one block over `states` under the entropy rule (same signature as
-    exactness.exact_kernel, so `exact_output` can run it)."""
+def entropy_kernel(conditionals, states, alpha, temperature, top_k=None, top_p=None, term="right",
+                   rule=position_law):
+    """The MH transition matrix of one block over `states` under a position rule (`position_law`: entropy,
+    `cut_law`: entropy_cut; same signature as exactness.exact_kernel, so `exact_output` can run it)."""
     logp, q = tables(conditionals, temperature, top_k, top_p)
     index = {x: k for k, x in enumerate(states)}
     lp = {x: per_token(logp, x) for x in states}
     lq = {x: per_token(q, x) for x in states}
-    law = {x: position_law(conditionals, x) for x in states}
+    law = {x: rule(conditionals, x) for x in states}
     K = np.zeros((len(states), len(states)))
     for x in states:
         for i in range(len(x)):
             for y in states:
-                if len(y) <= i or y[:i] != x[:i]:
+                if len(y) <= i or y[:i] != x[:i] or law[x][i] == 0:
                     continue
                 log_a = (alpha * (sum(lp[y][i:]) - sum(lp[x][i:])) + sum(lq[x][i:]) - sum(lq[y][i:])
                          + TERMS[term](law[x][i], law[y][i], len(x), len(y)))
@@ -138,24 +156,14 @@ def test_enumerated_entropy_kernel_is_exact(model, power_model):
 
 def uniform_position_term(monkeypatch):
     """Chooses by entropy, but the ratio keeps the uniform rule's log|x| - log|x'|."""
-    monkeypatch.setattr(power, "_choice_mass", lambda position, entropy: len(entropy))
+    monkeypatch.setattr(power, "_inverse_chance", lambda position, entropy, i: len(entropy))
 
 
 def reverse_left_out(monkeypatch):
-    """log A = ... - log P(i | x): the chance of choosing i from x' is missing."""
-    running = []
-    finish_op = power._Chain.finish_op
-
-    def recording_finish_op(chain):
-        running[:] = [chain]
-        return finish_op(chain)
-
+    """log A = ... - log P(i | x): the chance of choosing i from x' is missing (n_cur = 1 / P(i | x))."""
     def ratio(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop):
-        chain = running[0]
-        p_forward = power._position_weights(chain.ent)[chain.start] / n_cur
-        return _no_position_term(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop) - math.log(p_forward)
+        return _no_position_term(alpha, cur_logp, cur_logq, prop_logp, prop_logq, n_cur, n_prop) + math.log(n_cur)
 
-    monkeypatch.setattr(power._Chain, "finish_op", recording_finish_op)
     monkeypatch.setattr(power, "_log_accept_ratio", ratio)
 
 
@@ -282,6 +290,124 @@ def test_entropy_rule_over_blocks_follows_its_exact_law(power_model, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------------
+# entropy_cut, the decision-point rule: w_i = max(0, H_i - H_{i-1})^4, H_{-1} = 0, uniform when W(x) = 0.
+
+
+def cut_config(*args, **kwargs) -> PowerSamplingConfig:
+    return replace(exactness.config(*args, **kwargs), position="entropy_cut")
+
+
+CUT_STEPS = 4  # alpha 2, proposal temperature 1, on `model`: the cut law puts up to 0.997 on one position
+
+
+def test_cut_weights_are_the_decision_point_codes():
+    """The sampler's weights against mcmc_cut.py's own formula (np.diff(H, prepend=0).clip(min=0) ** 4, normalised,
+    uniform when the sum is 0), on random entropies and on entropies that never rise."""
+    rng = np.random.default_rng(0)
+    cases = [list(rng.uniform(0, 3, size=n)) for n in (1, 2, 7, 30)] + [[0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.2]]
+    for h in cases:
+        theirs = np.diff(h, prepend=0).clip(min=0) ** 4
+        theirs = theirs / theirs.sum() if theirs.sum() > 0 else np.ones(len(h)) / len(h)
+        ours = np.array(power._position_weights("entropy_cut", h))
+        assert np.allclose(ours / ours.sum(), theirs, rtol=1e-12, atol=0)
+
+
+def test_cut_rule_without_any_entropy_rise_is_exact():
+    """W(x) = 0 (no entropy rise anywhere: H_j = 0 throughout): i is uniform; a proposal x' whose entropy rises has
+    P(i | x') = 0 (w_i is shared, and 0), so its inverse chance is inf and it is rejected. Detailed balance, written
+    out with the sampler's own functions over a synthetic enumerated model, holds with that rule and fails with the
+    uniform ratio a port might fall back to."""
+    flat, rise = [0.0, 0.0, 0.0], [0.0, 0.0, 0.7]
+    assert power._inverse_chance("entropy_cut", flat, 1) == 3  # uniform over |x|
+    assert power._inverse_chance("entropy_cut", rise, 1) == math.inf  # x' cannot choose i = 1: rejected
+    assert power._inverse_chance("entropy_cut", rise, 2) == 1.0
+    # Tokens {EOS = 0, 1, 2}, up to 3 of them; p(. | prefix) from a seeded table. The rule needs only that H_j is
+    # a function of x[:j]: here 0 on prefixes of 1s, positive once a 2 appears, so both kinds of state exist.
+    rng = np.random.default_rng(3)
+    alpha, length = 2.0, 3
+    cond = {}
+
+    def grow(prefix):
+        cond[prefix] = rng.dirichlet([1.0, 1.0, 1.0])
+        for t in range(3):
+            x = prefix + (t,)
+            yield from [x] if t == 0 or len(x) == length else grow(x)
+
+    states = list(grow(()))
+    logp = {x: [math.log(cond[x[:j]][x[j]]) for j in range(len(x))] for x in states}
+    ent = {x: [0.4 * x[:j].count(2) + 0.1 * j * (2 in x[:j]) for j in range(len(x))] for x in states}
+    pi = np.array([math.exp(alpha * sum(logp[x])) for x in states])
+    pi /= pi.sum()
+    assert sum(not any(ent[x]) for x in states) >= 3 and sum(any(ent[x]) for x in states) >= 3
+
+    def kernel(chances):
+        K = np.zeros((len(states), len(states)))
+        for a, x in enumerate(states):
+            w = power._position_weights("entropy_cut", ent[x])
+            for i in range(len(x)):
+                for b, y in enumerate(states):
+                    if len(y) <= i or y[:i] != x[:i] or w[i] == 0:
+                        continue
+                    # proposal q = p: log q terms equal the log p terms
+                    log_a = power._log_accept_ratio(alpha, logp[x][i:], logp[x][i:], logp[y][i:], logp[y][i:],
+                                                    *chances(ent[x], ent[y], i))
+                    K[a, b] += w[i] / sum(w) * math.exp(sum(logp[y][i:])) * min(1.0, math.exp(min(log_a, 0.0)))
+            K[a, a] += 1.0 - K[a].sum()
+        return K
+
+    def right(hx, hy, i):
+        return power._inverse_chance("entropy_cut", hx, i), power._inverse_chance("entropy_cut", hy, i)
+
+    def uniform_fallback(hx, hy, i):  # from a state without any rise, the uniform rule's |x|, |x'| for both
+        return (len(hx), len(hy)) if not any(hx) else right(hx, hy, i)
+
+    assert np.abs(pi @ kernel(right) - pi).max() < 1e-12
+    assert np.abs(pi @ kernel(uniform_fallback) - pi).max() > 0.01  # 0.044 here
+
+
+def test_enumerated_cut_kernel_is_exact(model):
+    table = conditionals_of(model)
+    states, pi = target(table, 2.0)
+    K = entropy_kernel(table, states, 2.0, 1.0, rule=cut_law)
+    assert np.allclose(K.sum(1), 1.0) and (K >= 0).all() and np.abs(pi @ K - pi).max() < 1e-12
+    for term in ("no-position-term", "uniform-position-term", "reverse-left-out"):
+        assert np.abs(pi @ entropy_kernel(table, states, 2.0, 1.0, term=term, rule=cut_law) - pi).max() > 1e-3
+    laws = [cut_law(table, x) for x in states if len(x) == T]
+    assert max(max(law) for law in laws) > 0.9  # far from uniform: the |x| term is far from right
+
+
+def cut_run(model, n=CHAINS):
+    states, pi = target(conditionals_of(model), 2.0)
+    return run_chains(model, cut_config(steps=CUT_STEPS), n=n, init=exact_samples(states, pi, n)), states, pi
+
+
+def test_cut_rule_keeps_p_alpha_invariant(model):
+    """(a) entropy_cut: chains started from exact samples of p^2 are still p^2 after 4 steps (27 cells: detects
+    TV >= 0.063 at p < 1e-3)."""
+    results, states, pi = cut_run(model)
+    assert sum(r.stats["accepted"] for r in results) > 0.1 * sum(r.stats["proposals"] for r in results)
+    p_value, tv = chi_square(finals(results), states, pi)
+    assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
+    assert detectable_tv(pi, CHAINS) < 0.065
+
+
+@pytest.mark.parametrize("variant, variant_tv", [("uniform-position-term", 0.115), ("reverse-left-out", 0.181),
+                                                ("reversed-position-term", 0.191)])
+def test_cut_rule_rejects_broken_position_terms(model, monkeypatch, variant, variant_tv):
+    """(d) The same check rejects the uniform rule's |x| term, a missing reverse chance and a reversed term (exact
+    TVs from p^2 after 4 steps noted; run on `chains_to_reject` chains)."""
+    table = conditionals_of(model)
+    states, pi = target(table, 2.0)
+    exact = pi @ np.linalg.matrix_power(entropy_kernel(table, states, 2.0, 1.0, term=variant, rule=cut_law), CUT_STEPS)
+    assert 0.5 * np.abs(exact - pi).sum() == pytest.approx(variant_tv, abs=0.001)
+    n = chains_to_reject(pi, variant_tv)
+    BROKEN[variant](monkeypatch)
+    results, states, pi = cut_run(model, n=n)
+    p_value, tv = chi_square(finals(results), states, pi)
+    assert p_value < FAIL, f"p={p_value:.2e}, TV={tv:.3f} over {n} chains"
+
+
+# ---------------------------------------------------------------------------------------------
 # The sampler's entropies, both implementations, cost.
 
 
@@ -306,22 +432,27 @@ def test_stored_entropies_are_those_of_p_at_each_prefix(model, monkeypatch):
             assert kept[j] == pytest.approx(entropies(table, tuple(r.token_ids)), abs=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_entropy_rule_batched_equals_reference(attention):
-    """As tests/test_power.py checks for the uniform rule: same chains, same decisions, no kept prefix recomputed."""
+@pytest.mark.parametrize("attention, position, init", [
+    ("sdpa", "entropy", "proposal"), ("eager", "entropy", "proposal"), ("sdpa", "entropy_cut", "proposal"),
+    ("eager", "entropy_cut", "both"), ("sdpa", "uniform", "both"), ("sdpa", "uniform", "base")])
+def test_entropy_rule_batched_equals_reference(attention, position, init):
+    """As tests/test_power.py checks for the uniform rule: same chains, same decisions, no kept prefix recomputed;
+    for both entropy rules and for chains grown from the base model (init base, and both: odd chains)."""
     model_ = tiny_llama(vocab_size=12, logit_scale=3.0)
     model_.set_attn_implementation(attention)
     prompts = MIXED_PROMPTS * 3
-    batched = power.power_sample(model_, prompts, small(batch_size=5, position="entropy"), seed=11)
-    reference = power.power_sample(model_, prompts, small(implementation="reference", position="entropy"), seed=11)
-    uniform = power.power_sample(model_, prompts, small(batch_size=5), seed=11)
-    for prompt, b, r in zip(prompts, batched, reference):
+    batched = power.power_sample(model_, prompts, small(batch_size=5, position=position, init=init), seed=11)
+    reference = power.power_sample(model_, prompts, small(implementation="reference", position=position, init=init),
+                                   seed=11)
+    plain = power.power_sample(model_, prompts, small(batch_size=5), seed=11)  # uniform, from the proposal
+    for j, (prompt, b, r) in enumerate(zip(prompts, batched, reference)):
         assert b.token_ids == r.token_ids and b.finish_reason == r.finish_reason
         assert b.logprobs == pytest.approx(r.logprobs, abs=1e-5)
         for key in ("proposals", "accepted", "sampled_tokens"):
             assert b.stats[key] == r.stats[key]
         assert b.stats["forward_tokens"] == len(prompt) - 1 + b.stats["sampled_tokens"]
-    assert [r.token_ids for r in batched] != [r.token_ids for r in uniform]  # the rule changes the chains
+        assert b.fields == r.fields == {"init": power.chain_start(small(init=init), j)}
+    assert [r.token_ids for r in batched] != [r.token_ids for r in plain]  # the rule or the start changes the chains
 
 
 def tokens_per_proposal(monkeypatch, model_, prompts, cfg) -> float:
@@ -362,19 +493,23 @@ def test_entropy_rule_costs_no_more_tokens_per_step(model, monkeypatch):
 # Settings and the command line.
 
 
-def test_position_is_checked_and_defaults_to_uniform():
-    assert PowerSamplingConfig().position == "uniform"
-    with pytest.raises(ValueError, match=r"^position must be one of uniform, entropy, got 'x'$"):
+def test_position_and_init_are_checked_and_default_to_the_paper():
+    assert (PowerSamplingConfig().position, PowerSamplingConfig().init) == ("uniform", "proposal")
+    with pytest.raises(ValueError, match=r"^position must be one of uniform, entropy, entropy_cut, got 'x'$"):
         PowerSamplingConfig(position="x")
+    with pytest.raises(ValueError, match=r"^init must be one of proposal, base, both, got 'q'$"):
+        PowerSamplingConfig(init="q")
 
 
-def test_cli_takes_position_and_refuses_bad_values_in_one_line(tmp_path, capsys):
+def test_cli_takes_position_and_init_and_refuses_bad_values_in_one_line(tmp_path, capsys):
     argv = ["sample", "--model", "x", "--task", "basic_arithmetic", "--output-dir", str(tmp_path / "run"),
             "--method", "power_mh"]
-    _, settings = parse_args(argv[1:] + ["--position", "entropy"])
-    assert settings.position == "entropy"
+    _, settings = parse_args(argv[1:] + ["--position", "entropy_cut", "--init", "both"])
+    assert (settings.position, settings.init) == ("entropy_cut", "both")
     capsys.readouterr()
     assert main(argv + ["--position", "foo"]) == 2
+    assert main(argv + ["--init", "bar"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["sharpen sample: error: --position must be one of uniform, entropy, got 'foo'"]
+    assert err == ["sharpen sample: error: --position must be one of uniform, entropy, entropy_cut, got 'foo'",
+                   "sharpen sample: error: --init must be one of proposal, base, both, got 'bar'"]
     assert not (tmp_path / "run").exists()

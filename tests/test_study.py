@@ -180,6 +180,13 @@ def test_missing_preset_and_another_study_in_the_directory(testbed_dir, tmp_path
     assert study(out, "methods=[base]", "seed=1") == 2
     assert "holds a study with other settings (seed)" in capsys.readouterr().err
     assert (out / "samples" / "base.jsonl").read_bytes() == before  # nothing overwritten
+    # An added instance is sampled beside the finished ones; a changed or dropped one is refused.
+    assert study(out, "methods=[base, {name: cold, method: low_temp, alpha: 2.0}]") == 0
+    assert (out / "samples" / "base.jsonl").read_bytes() == before and (out / "samples" / "cold.jsonl").exists()
+    assert study(out, "methods=[base, {name: cold, method: low_temp, alpha: 3.0}]") == 2
+    assert "holds a study with other settings (instances.cold)" in capsys.readouterr().err
+    assert study(out, "methods=[base]") == 2
+    assert "holds a study with other settings (instances.cold)" in capsys.readouterr().err
     assert study(out, "methods=[base]", "seed=1", "--overwrite") == 0
     assert (out / "samples" / "base.jsonl").read_bytes() != before
 

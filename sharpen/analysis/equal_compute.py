@@ -2,16 +2,25 @@
 
     from sharpen.analysis.equal_compute import equal_compute_rows, majority_curve
     maj = majority_curve(outcomes["base"], kmax=16)        # (P, 16): expected majority vote at k = 1..16
-    rows = equal_compute_rows(outcomes, training={"grpo": {...}})
+    rows = equal_compute_rows(outcomes, training={"grpo": {...}}, records=groups)
 
 For a sampler instance S and a reference R (every instance of a method that decodes the base
 model token by token: Method.equal_compute_reference, i.e. base and low_temp), on their
 shared problems: C_S and C_R are the mean forward tokens per completion (records'
-cost.forward_tokens), k = C_S / C_R is the number of reference samples that spend what
-one completion of S spends, and the row sets S's accuracy against R's majority-vote
-accuracy and oracle pass@k at that k. A fractional k is interpolated linearly between
-floor(k) and ceil(k); k below 1 is shown at k = 1 (the reference then spends more); a k
-above R's samples per problem is marked and not extrapolated.
+cost.forward_tokens). S's cost already holds its prompt once (power_mh and power_smc prefill
+it once per chain or run), and R's k samples of one prompt can share it too (one prefill, a
+shared KV-cache prefix), so k reference samples cost prompt_R + k * (C_R - prompt_R) and
+k = (C_S - prompt_R) / (C_R - prompt_R) is the number that spend what one completion of S
+spends. prompt_R is the mean prompt length in tokens of R's records: plain decoding prefills
+the prompt and then feeds every sampled token but the last, so a record's forward_tokens is
+prompt + num_tokens - 1 (sharpen.sampling.generate) and its prompt is forward_tokens -
+num_tokens + 1, no tokenizer needed (prompt_tokens). `k_prompt_per_sample` = C_S / C_R is
+the older accounting that charges every reference sample its own prefill (a smaller k, which
+favours S); it is kept beside k, and is what k falls back to, with a `cost_note`, when R's
+records do not give their prompt length. The row then sets S's accuracy against R's
+majority-vote accuracy and oracle pass@k at that k. A fractional k is interpolated linearly
+between floor(k) and ceil(k); k below 1 is shown at k = 1 (the reference then spends more);
+a k above R's samples per problem is marked and not extrapolated.
 
 Majority vote at k is the expected vote of a uniformly random k-subset of a problem's n
 samples (a k-subset of i.i.d. samples is itself a draw of k samples, so this is unbiased),
@@ -25,8 +34,9 @@ problems, and `beats_voting` is yes (interval above 0), no (below 0) or inconclu
 
 A method with a training cost (RUN_DIR/<name>/cost.json, i.e. GRPO) gets a second row in
 which its training compute, spread over its evaluation problems, is added to C_S:
-C_S + T / P. One completion per problem is what its accuracy measures, and the training is
-paid once for the P problems it answers. T counts forward tokens: the rollouts' generation
+C_S + T / P, and k = (C_S + T / P - prompt_R) / (C_R - prompt_R) as above. One completion
+per problem is what its accuracy measures, and the training is paid once for the P problems
+it answers. T counts forward tokens: the rollouts' generation
 (trained_tokens / num_iterations: prompt + completion of every rollout) plus the policy's
 forward passes in the loss (trained_tokens); backward passes (about two forwards each) and a
 reference model's forward are left out, so T is a lower bound. Without trained_tokens the
@@ -171,11 +181,39 @@ class MajorityCache:
         return self.curves[key][:, :kmax]
 
 
-def equal_compute_row(method: Outcomes, reference: Outcomes, *, extra_per_problem: float = 0.0,
-                      confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
-                      cache: MajorityCache | None = None) -> dict:
+def prompt_tokens(groups: dict[str, list[dict]]) -> list[np.ndarray]:
+    """Per problem, (n_p,) prompt tokens of each record of a plain-decoding method; NaN where not known.
+
+    forward_tokens - num_tokens + 1 (num_tokens, else the length of completion_ids); a value
+    below 1 or above forward_tokens is not a plain-decoding record's and reads NaN.
+
+    >>> prompt_tokens({"p": [{"cost": {"forward_tokens": 12}, "num_tokens": 5}, {"completion_ids": [7]}]})
+    [array([ 8., nan])]
+    """
+    out = []
+    for group in groups.values():
+        values = []
+        for r in group:
+            cost = r.get("cost")
+            forward = cost.get("forward_tokens") if isinstance(cost, dict) else None
+            tokens = r.get("num_tokens")
+            tokens = len(r.get("completion_ids") or []) if tokens is None else tokens
+            prompt = np.nan if forward is None else float(forward) - tokens + 1
+            values.append(prompt if 1 <= prompt <= (forward or 0) else np.nan)
+        out.append(np.array(values, dtype=float))
+    return out
+
+
+def equal_compute_row(method: Outcomes, reference: Outcomes, *, reference_prompts: list[np.ndarray] | None = None,
+                      extra_per_problem: float = 0.0, confidence: float = 0.95, n_resamples: int = 2000,
+                      seed: int = 0, cache: MajorityCache | None = None) -> dict:
     """One row: `method` against `reference` voting at equal forward tokens; `extra_per_problem`
-    (training compute / evaluation problems) is added to the method's cost per completion."""
+    (training compute / evaluation problems) is added to the method's cost per completion.
+
+    reference_prompts: prompt_tokens of the reference's records (row i: problem reference.pids[i]);
+    without them, or with a record whose prompt is not known, each reference sample is charged
+    its own prompt (k = k_prompt_per_sample) and `cost_note` says so.
+    """
     ia, ib = shared_problems(method, reference)
     row = {"method": method.name, "reference": reference.name, "problems": int(ia.size),
            "training": extra_per_problem > 0, "status": "ok"}
@@ -190,8 +228,22 @@ def equal_compute_row(method: Outcomes, reference: Outcomes, *, extra_per_proble
             what = f"{missing} record(s)" if missing else "records"
             return {**row, "status": f"no forward tokens in {name}'s {what} (cost.forward_tokens): not computed"}
     cost = c_method + extra_per_problem
-    k = cost / c_ref
-    row.update(forward_per_completion=cost, reference_forward_per_completion=c_ref, k=k)
+    prompt = np.concatenate([reference_prompts[i] for i in ib]).mean() if reference_prompts is not None else np.nan
+    row.update(forward_per_completion=cost, reference_forward_per_completion=c_ref,
+               k_prompt_per_sample=cost / c_ref)
+    if np.isfinite(prompt):
+        # k samples of one prompt: prompt + k * (C_R - prompt) forward tokens = C_S.
+        completion = c_ref - prompt
+        row.update(reference_prompt_tokens=float(prompt), reference_completion_forward=completion)
+        if completion <= 0:
+            return {**row, "status": f"{reference.name}'s samples cost no forward token beyond the prompt: "
+                                     f"k unbounded, not computed"}
+        k = (cost - prompt) / completion
+    else:
+        k = cost / c_ref
+        row["cost_note"] = (f"prompt length of {reference.name}'s records unknown: each reference sample is charged "
+                            f"its own prompt (k too small, favours {method.name})")
+    row["k"] = k
     if extra_per_problem:
         row["training_forward_per_problem"] = extra_per_problem
     if k > n_ref:
@@ -213,14 +265,18 @@ def equal_compute_row(method: Outcomes, reference: Outcomes, *, extra_per_proble
 
 
 def equal_compute_rows(outcomes: dict[str, Outcomes], training: dict[str, dict] | None = None,
-                       confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+                       records: dict[str, dict[str, list[dict]]] | None = None, confidence: float = 0.95,
+                       n_resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Every method against every reference (Method.equal_compute_reference) at equal compute, plus training rows.
 
+    records: {name: {problem_id: records}}, the records behind `outcomes` (MethodRecords.by_problem()),
+    read for the references' prompt lengths; without them each reference sample is charged its prompt.
     Instances of the base distribution itself get no row of their own; instances of a method this process
     has not registered (a plug-in not installed here) are compared but never serve as a reference.
     """
     training = training or {}
     references = [o for o in outcomes.values() if o.trait("equal_compute_reference")]
+    prompts = {r.name: prompt_tokens(records[r.name]) for r in references if records and r.name in records}
     kwargs = dict(confidence=confidence, n_resamples=n_resamples, seed=seed, cache=MajorityCache(seed))
     work = []  # (method, reference, training forward tokens, note) in table order
     for method in outcomes.values():
@@ -238,7 +294,8 @@ def equal_compute_rows(outcomes: dict[str, Outcomes], training: dict[str, dict] 
     for i in order:
         method, reference, tokens, note = work[i]
         extra = tokens / len(method.pids) if tokens else 0.0
-        row = equal_compute_row(method, reference, extra_per_problem=extra, **kwargs)
+        row = equal_compute_row(method, reference, reference_prompts=prompts.get(reference.name),
+                                extra_per_problem=extra, **kwargs)
         if tokens:
             row["training_forward_tokens"] = tokens
             if note:
@@ -248,7 +305,8 @@ def equal_compute_rows(outcomes: dict[str, Outcomes], training: dict[str, dict] 
 
 
 def _rough_k(method: Outcomes, reference: Outcomes, tokens: float) -> float:
-    """k of a row before it is computed (0 when a cost is missing): only orders the work."""
+    """k of a row before it is computed (0 when a cost is missing): only orders the work. The prompt-per-sample
+    k is enough for that: for one reference it grows with the method's cost as k does."""
     ia, ib = shared_problems(method, reference)
     c_method, c_ref = method.mean_forward(ia)[0], reference.mean_forward(ib)[0]
     if not ia.size or c_method is None or not c_ref:

@@ -4,7 +4,7 @@
     run = load_run("runs/demo"); attach_scores(run, None)
     metrics = compute_metrics(run)
     metrics["methods"]["base"]["pass_at_k"]    # {"k": [...], "value": [...], "low": [...], "high": [...]}
-    metrics["paired"][0]                       # low_temp - base: difference, interval, test, p-value
+    metrics["paired"][0]                       # low_temp - base: difference, interval, permutation p-value
 
 `sharpen analyze RUN_DIR` calls it and writes the result to RUN_DIR/metrics.json
 (sharpen.analysis.pipeline). metrics.json is METRIC_SECTIONS in order: each section is a
@@ -22,10 +22,15 @@ sharpen.analysis.scoring), diversity (over the first settings.diversity_samples_
 the run's smallest n of at least 2, at most DIVERSITY_MAX_SAMPLES) and cost (the sum of the
 records' wall-time shares, and the elapsed sampling time of the sessions in
 <name>.sessions.jsonl). Then every pair of methods
-on the problems both have. Each number carries the counts it was computed from, and
-`per_problem` holds (n, correct) for every problem and method, so a reader can recompute any
-accuracy by hand from the records. `files` names each record file (sha256, lines, config,
-environments); `environment` is the analysis's own (sharpen.runs.provenance.environment()).
+on the problems both have (`paired`): diff, the mean per-problem pass-rate difference b - a,
+with its paired bootstrap interval; p_value from the paired sign-flip permutation test of that
+same mean (test "permutation": exact up to 20 differing problems, else 20000 seeded flips),
+p_holm over the pairs, and wilcoxon_p (mcnemar_p with one sample per problem) as a secondary
+test of another quantity (sharpen.analysis.stats.paired_comparison). Each number carries the
+counts it was computed from, and `per_problem` holds (n, correct) for every problem and
+method, so a reader can recompute any accuracy by hand from the records. `files` names each
+record file (sha256, lines, config, environments); `environment` is the analysis's own
+(sharpen.runs.provenance.environment()).
 
 Large-k entries (an "entry" is {"value", "low", "high", ...} with a percentile bootstrap
 interval over problems, like accuracy; the modules named hold the full definitions):
@@ -56,13 +61,29 @@ interval over problems, like accuracy; the modules named hold the full definitio
   problems solved only by a, only by b, by both, by neither and net = only_b - only_a, each
   an entry of counts (sharpen.analysis.boundary).
 - equal_compute: one row per (method, reference) with reference an instance of kind base or
-  low_temp: k = C_method / C_reference (mean forward tokens per completion on the shared
-  problems), the method's accuracy, the reference's majority vote and pass@k at that k,
-  difference = accuracy - majority vote and beats_voting yes / no / inconclusive; "status"
-  says "ok" or why numbers are missing (k > n, no forward tokens). A method with a training
-  cost gets a second row with training forward tokens / its problems added to its cost
-  (training: true) (sharpen.analysis.equal_compute).
+  low_temp: k = (C_method - prompt_reference) / (C_reference - prompt_reference), the reference
+  samples whose cost, the prompt prefilled once, equals one completion of the method (C: mean
+  forward tokens per completion on the shared problems; k_prompt_per_sample = C_method /
+  C_reference, a prefill per sample, beside it), the method's accuracy, the reference's
+  majority vote and pass@k at that k, difference = accuracy - majority vote and beats_voting
+  yes / no / inconclusive; "status" says "ok" or why numbers are missing (k > n, no forward
+  tokens). A method with a training cost gets a second row with training forward tokens / its
+  problems added to its cost (training: true) (sharpen.analysis.equal_compute).
 - reference_base: the instance crossover and support compare against (None without one).
+- A weighted method (Method.weighted, e.g. power_is: records are proposal draws with importance weights):
+  its block skips the DRAWS_ONLY sections; accuracy, base_scores and extractions are self-normalised
+  estimates under p^alpha, plus `weighted`, `ess` {median, min, share_below_5}, `estimates` per problem,
+  None for pass_at_k, majority_vote, diversity, entropy, support and a `not_reported` note; coverage,
+  crossover, boundary and equal compute leave it out (MetricInputs.drawn); paired comparisons use its
+  estimates (Outcomes.rates).
+- methods[name]["mixing"]: the sampler's convergence diagnostic, chosen by what its records carry
+  (sharpen.analysis.mixing): MH chains from two starts (init: both; permutation tests of answers and
+  log-likelihood between the starts, R-hat, verdict `mixed`), SMC (resamples, ESS fractions, spread
+  of log_z), or look-ahead samplers (look-ahead / mean completion length, `short_sighted`). None
+  for plain sampling.
+- target: each sampler of the base model with the weighted method's alpha (and base, the reference)
+  against its estimate: difference with a paired interval and a verdict, reached / missed / cannot
+  tell (sharpen.analysis.target).
 """
 
 from __future__ import annotations
@@ -80,9 +101,11 @@ from .boundary import boundary
 from .entropy import answer_entropy, support, token_entropy
 from .equal_compute import SUBSETS, equal_compute_rows
 from .large_k import coverage, crossover
+from .mixing import mixing_diagnostics
 from .outcomes import Outcomes, reference_base
 from .runs import MethodRecords, Run
 from .stats import holm, k_grid, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
+from .target import MIN_ESS, reached_target, weighted_block
 
 SCORE_NAMES = ("logprob_mean", "logprob_sum", "confidence", "self_certainty")
 DIVERSITY_MAX_SAMPLES = 64  # diversity uses the first min(smallest n, 64) samples of each problem
@@ -229,15 +252,24 @@ class MetricInputs:
     training_costs: dict
     interval: dict  # confidence, n_resamples, seed of every interval
     warnings: list[str]
+    target_tolerance: float = 0.05  # the `target` verdicts' "reached" margin (AnalysisConfig.target_tolerance)
+
+    @property
+    def drawn(self) -> dict[str, Outcomes]:
+        """The outcomes of methods whose records are draws of their own distribution (all but weighted methods):
+        what pass@k-based comparisons (coverage, crossover, boundary, equal compute) may read."""
+        return {name: o for name, o in self.outcomes.items() if not o.weighted}
 
     @classmethod
     def of(cls, run: Run, *, embeddings: dict | None, training_costs: dict | None, confidence: float,
-           n_resamples: int, seed: int) -> MetricInputs:
+           n_resamples: int, seed: int, target_tolerance: float = 0.05) -> MetricInputs:
         warnings = list(run.warnings)
         groups = {name: m.by_problem() for name, m in run.methods.items()}
+        outcomes = {name: Outcomes.from_groups(name, run.methods[name].kind, by_problem)
+                    for name, by_problem in groups.items()}
         n_min = {name: min(len(g) for g in by_problem.values()) for name, by_problem in groups.items()}
         n_max = {name: max(len(g) for g in by_problem.values()) for name, by_problem in groups.items()}
-        multi = [n for n in n_min.values() if n >= 2]
+        multi = [n for name, n in n_min.items() if n >= 2 and not outcomes[name].weighted]
         entropy_n = min(multi) if multi else None
         # Self-BLEU and embedding distances cost O(m^2) per problem: 1024 samples x 500 problems would take
         # minutes, and the measures settle long before that.
@@ -247,15 +279,14 @@ class MetricInputs:
             counts = ", ".join(f"{name} {len(s)}" for name, s in problem_sets.items())
             warnings.append(f"methods cover different problems ({counts}): each method's own table uses all its "
                             f"problems; paired comparisons use the problems both methods have")
-        outcomes = {name: Outcomes.from_groups(name, run.methods[name].kind, by_problem)
-                    for name, by_problem in groups.items()}
-        base_name = reference_base(outcomes)
+        base_name = reference_base({name: o for name, o in outcomes.items() if not o.weighted})
         if base_name is None:
             warnings.append("no method of kind base: crossover and support retention are not computed")
         return cls(run=run, groups=groups, outcomes=outcomes, n_min=n_min, n_max=n_max, base_name=base_name,
                    entropy_n=entropy_n, diversity_n=diversity_n, embeddings=embeddings or {},
                    training_costs=training_costs or {},
-                   interval=dict(confidence=confidence, n_resamples=n_resamples, seed=seed), warnings=warnings)
+                   interval=dict(confidence=confidence, n_resamples=n_resamples, seed=seed), warnings=warnings,
+                   target_tolerance=target_tolerance)
 
 
 # ---- one method's block: metrics["methods"][name], section by section -------------------------
@@ -339,8 +370,24 @@ def entropy_and_support(name: str, inputs: MetricInputs) -> dict:
     return {"entropy": entropy, "support": kept}
 
 
+def weighted_estimate(name: str, inputs: MetricInputs) -> dict:
+    """A weighted method's accuracy, base-model scores and extractions estimated under p^alpha, its ESS, and None
+    for what its proposal draws cannot say (sharpen.analysis.target); nothing for other methods."""
+    return weighted_block(name, inputs, SCORE_NAMES) if inputs.outcomes[name].weighted else {}
+
+
+def mixing(name: str, inputs: MetricInputs) -> dict:
+    """Whether the sampler reached its target as configured: two MH starts, SMC weights, SPS look-ahead
+    (sharpen.analysis.mixing; None for plain sampling)."""
+    return {"mixing": mixing_diagnostics(inputs.groups[name], inputs.run.methods[name].settings,
+                                         seed=inputs.interval["seed"])}
+
+
 METHOD_SECTIONS = [counts, accuracy_and_pass_at_k, majority, base_model_scores, sample_diversity, extractions, cost,
-                   entropy_and_support]
+                   entropy_and_support, weighted_estimate, mixing]
+# Sections that read a method's records as draws of its own distribution: a weighted method (Method.weighted)
+# skips them, and weighted_estimate fills their keys with its estimates under p^alpha, or None.
+DRAWS_ONLY = (accuracy_and_pass_at_k, majority, base_model_scores, sample_diversity, extractions, entropy_and_support)
 
 
 # ---- metrics.json's blocks, in file order ----------------------------------------------------
@@ -355,7 +402,8 @@ def analysis_settings(inputs: MetricInputs, metrics: dict) -> dict:
     return {"settings": {"confidence": inputs.interval["confidence"],
                          "bootstrap_resamples": inputs.interval["n_resamples"], "seed": inputs.interval["seed"],
                          "diversity_samples_per_problem": inputs.diversity_n,
-                         "entropy_samples_per_problem": inputs.entropy_n, "majority_subsets": SUBSETS}}
+                         "entropy_samples_per_problem": inputs.entropy_n, "majority_subsets": SUBSETS,
+                         "target_tolerance": inputs.target_tolerance, "min_ess": MIN_ESS}}
 
 
 def warning_list(inputs: MetricInputs, metrics: dict) -> dict:
@@ -380,13 +428,15 @@ def record_files(inputs: MetricInputs, metrics: dict) -> dict:
 
 
 def method_blocks(inputs: MetricInputs, metrics: dict) -> dict:
-    """METHOD_SECTIONS for every method, then coverage, which compares them all on their shared problems."""
+    """METHOD_SECTIONS for every method (but DRAWS_ONLY for weighted ones), then coverage, which compares them all
+    on their shared problems."""
     methods = {}
     for name in inputs.groups:
         methods[name] = {}
         for section in METHOD_SECTIONS:
-            methods[name].update(section(name, inputs))
-    covered, why_not = coverage(inputs.outcomes, **inputs.interval)
+            if not (inputs.outcomes[name].weighted and section in DRAWS_ONLY):
+                methods[name].update(section(name, inputs))
+    covered, why_not = coverage(inputs.drawn, **inputs.interval) if inputs.drawn else ({}, None)
     if why_not:
         inputs.warnings.append(why_not)
     for name in methods:
@@ -395,7 +445,8 @@ def method_blocks(inputs: MetricInputs, metrics: dict) -> dict:
 
 
 def paired_comparisons(inputs: MetricInputs, metrics: dict) -> dict:
-    """Every pair on the problems both have: difference, paired test, p-value (Holm-adjusted over the pairs)."""
+    """Every pair on the problems both have: mean difference with its interval, the permutation test of that mean
+    (p_value, Holm-adjusted over the pairs as p_holm), Wilcoxon or McNemar beside it (stats.paired_comparison)."""
     paired = []
     for a, b in itertools.combinations(inputs.groups, 2):
         ga, gb = inputs.groups[a], inputs.groups[b]
@@ -423,18 +474,18 @@ def reference(inputs: MetricInputs, metrics: dict) -> dict:
 
 def crossovers(inputs: MetricInputs, metrics: dict) -> dict:
     base = inputs.base_name
-    return {"crossover": [crossover(inputs.outcomes[base], o, **inputs.interval) for name, o in inputs.outcomes.items()
+    return {"crossover": [crossover(inputs.outcomes[base], o, **inputs.interval) for name, o in inputs.drawn.items()
                           if base is not None and name != base]}
 
 
 def boundaries(inputs: MetricInputs, metrics: dict) -> dict:
     return {"boundary": [boundary(inputs.outcomes[a], inputs.outcomes[b], **inputs.interval)
-                         for a, b in itertools.combinations(inputs.outcomes, 2)]}
+                         for a, b in itertools.combinations(inputs.drawn, 2)]}
 
 
 def equal_compute_table(inputs: MetricInputs, metrics: dict) -> dict:
     training = {n: m["cost"].get("training") for n, m in metrics["methods"].items()}
-    return {"equal_compute": equal_compute_rows(inputs.outcomes, training, **inputs.interval)}
+    return {"equal_compute": equal_compute_rows(inputs.drawn, training, inputs.groups, **inputs.interval)}
 
 
 def per_problem_counts(inputs: MetricInputs, metrics: dict) -> dict:
@@ -449,16 +500,18 @@ def version_warnings(inputs: MetricInputs, metrics: dict) -> dict:
 
 
 METRIC_SECTIONS = [analysis_environment, analysis_settings, warning_list, record_files, method_blocks,
-                   paired_comparisons, reference, crossovers, boundaries, equal_compute_table, per_problem_counts,
-                   version_warnings]
+                   paired_comparisons, reached_target, reference, crossovers, boundaries, equal_compute_table,
+                   per_problem_counts, version_warnings]
 
 
 def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs: dict | None = None,
-                    confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+                    confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
+                    target_tolerance: float = 0.05) -> dict:
     """All metrics of a run: METRIC_SECTIONS in order. embeddings: {method: {problem_id: (m, d) array in sample
-    order}}; training_costs: {method: {wall_seconds, rollout_tokens, optimizer_steps}} (e.g. GRPO training)."""
+    order}}; training_costs: {method: {wall_seconds, rollout_tokens, optimizer_steps}} (e.g. GRPO training);
+    target_tolerance: the margin of the `target` verdict "reached" (sharpen.analysis.target)."""
     inputs = MetricInputs.of(run, embeddings=embeddings, training_costs=training_costs, confidence=confidence,
-                             n_resamples=n_resamples, seed=seed)
+                             n_resamples=n_resamples, seed=seed, target_tolerance=target_tolerance)
     metrics: dict = {}
     for section in METRIC_SECTIONS:
         metrics.update(section(inputs, metrics))

@@ -13,6 +13,14 @@ stats.majority_vote_score does it (str, whitespace stripped; empty counts as no 
 registry (sharpen.sampling.methods), and is False for a method this process has not registered
 (records of a plug-in not installed here): such an instance is analysed as a sampler of unknown
 kind, never as a reference.
+
+A weighted method's records (Method.weighted: each carries importance_log_weight, e.g. power_is) are draws
+of a proposal, not of the method's target: `weights` holds each problem's self-normalised importance
+weights and `rates` is then each problem's weighted estimate (sharpen.analysis.target), so anything
+comparing rates (the paired comparisons) compares estimates; n, c and answers stay the raw draws, which
+the sections built on them (pass@k, coverage, crossover, boundary, equal compute, entropy) leave
+weighted methods out of (MetricInputs.drawn). Records of a method not registered here count as
+weighted when every one of them carries the field.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import numpy as np
 from sharpen.sampling.methods import find_method
 
 from .stats import pass_at_k_matrix
+from .target import WEIGHT_FIELD, importance_weights
 
 
 def normalise_answer(answer) -> str | None:
@@ -49,6 +58,8 @@ class Outcomes:
     answers: list[list[str | None]]  # per problem: normalised extracted answers
     forward: list[np.ndarray]  # per problem: (n_p,) forward tokens, NaN where a record has none
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
+    # A weighted method's per-problem (n_p,) self-normalised importance weights (each sums to 1); None: draws
+    weights: list[np.ndarray] | None = None
 
     @classmethod
     def from_groups(cls, name: str, kind: str, groups: dict[str, list[dict]]) -> Outcomes:
@@ -66,7 +77,14 @@ class Outcomes:
             answers.append(said)
             forward.append(np.array(cost, dtype=float))
         pids = list(groups)
-        return cls(name, kind, pids, correct, answers, forward, {pid: i for i, pid in enumerate(pids)})
+        weights = None
+        if _weighted(kind, groups):
+            missing = [(pid, r["sample_idx"]) for pid, g in groups.items() for r in g if r.get(WEIGHT_FIELD) is None]
+            if missing:
+                raise ValueError(f"{name}: records of a weighted method need {WEIGHT_FIELD}; problem {missing[0][0]} "
+                                 f"sample {missing[0][1]} and {len(missing) - 1} other(s) lack it")
+            weights = [importance_weights([r[WEIGHT_FIELD] for r in g]) for g in groups.values()]
+        return cls(name, kind, pids, correct, answers, forward, {pid: i for i, pid in enumerate(pids)}, weights)
 
     @property
     def n(self) -> np.ndarray:
@@ -78,8 +96,15 @@ class Outcomes:
 
     @property
     def rates(self) -> np.ndarray:
-        """(P,) fraction of correct samples per problem."""
+        """(P,) fraction of correct samples per problem; a weighted method's: sum_i w_i correct_i, its estimate."""
+        if self.weights is not None:
+            return np.array([float(w @ ok) for w, ok in zip(self.weights, self.correct)])
         return self.c / self.n
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the records are a weighted sample of the target (Method.weighted), not draws of it."""
+        return self.weights is not None
 
     def trait(self, name: str) -> bool:
         """Trait `name` of the method that made the records (sharpen.sampling.methods.Method); False when
@@ -117,6 +142,14 @@ class Outcomes:
         if missing or values.size == 0:
             return None, missing
         return float(values.mean()), 0
+
+
+def _weighted(kind: str, groups: dict[str, list[dict]]) -> bool:
+    """The method's `weighted` trait; for a method not registered here, whether every record carries a weight."""
+    method = find_method(kind)
+    if method is not None:
+        return method.weighted
+    return bool(groups) and all(r.get(WEIGHT_FIELD) is not None for g in groups.values() for r in g)
 
 
 def shared_problems(a: Outcomes, b: Outcomes) -> tuple[np.ndarray, np.ndarray]:

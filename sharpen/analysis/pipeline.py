@@ -64,10 +64,15 @@ class AnalysisConfig:
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of every interval."})
     bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples per interval."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    target_tolerance: float = field(default=0.05, metadata={
+        "help": "A sampler 'reached' p^alpha when the interval of its accuracy minus a weighted method's (power_is) "
+                "importance-sampling estimate of p^alpha's accuracy lies within +-this (accuracy points, in (0, 1))."})
 
     def __post_init__(self):
         if not 0 < self.confidence < 1:
             raise UsageError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not 0 < self.target_tolerance < 1:
+            raise UsageError(f"target_tolerance must be in (0, 1), got {self.target_tolerance}")
         if self.bootstrap < 100:
             raise UsageError(f"bootstrap must be >= 100 resamples, got {self.bootstrap}")
         if self.batch_tokens < 1:
@@ -144,9 +149,23 @@ def _training_files(run: Run, filename: str, what: str) -> tuple[dict, list[str]
     return found, warnings
 
 
+RL_TRAINING_DIR = "grpo"  # where a study trains the RL model (sharpen.study.pipeline.grpo_stage)
+
+
 def training_costs(run: Run) -> tuple[dict, list[str]]:
-    """{name: cost} from RUN_DIR/<name>/cost.json where the study wrote one (e.g. GRPO training)."""
+    """{name: cost} from RUN_DIR/<name>/cost.json where the study wrote one (e.g. GRPO training); every other
+    instance of a method that samples the RL model (e.g. grpo_low_temp) is charged the same training."""
     files, warnings = _training_files(run, "cost.json", "training cost")
+    shared = files.get(RL_TRAINING_DIR)
+    if shared is None and (run.dir / RL_TRAINING_DIR / "cost.json").exists():
+        try:
+            shared = json.loads((run.dir / RL_TRAINING_DIR / "cost.json").read_text())
+        except json.JSONDecodeError:
+            warnings.append(f"{RL_TRAINING_DIR}/cost.json is not JSON: the RL model's training cost was left out")
+    if isinstance(shared, dict):
+        for name, method in run.methods.items():
+            if name not in files and not _samples_base_model(method.kind):
+                files[name] = shared
     costs = {}
     for name, data in files.items():
         keep = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -216,7 +235,8 @@ def _analyze_locked(run, run_dir: Path, config: AnalysisConfig, wandb, wandb_nam
     curves, curve_warnings = training_curves(run)
     run.warnings.extend(cost_warnings + curve_warnings)
     metrics = compute_metrics(run, embeddings=embeddings, training_costs=costs, confidence=config.confidence,
-                              n_resamples=config.bootstrap, seed=config.seed)
+                              n_resamples=config.bootstrap, seed=config.seed,
+                              target_tolerance=config.target_tolerance)
     metrics["training"] = curves
     models = sorted({x for m in metrics["methods"].values() if m["base_scores"] for x in m["base_scores"]["model"]})
     if len(models) > 1:
@@ -265,7 +285,9 @@ def format_summary(metrics: dict) -> str:
         curve = m["pass_at_k"]
         line = (f"{name}: accuracy {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}] over {m['problems']} "
                 f"problems x {m['samples_per_problem']['min']}")
-        if len(curve["k"]) > 1:
+        if m.get("weighted"):
+            line += f" (IS estimate of p^alpha, median ESS {m['ess']['median']:.1f})"
+        elif len(curve["k"]) > 1:
             line += f", pass@{curve['k'][-1]} {curve['value'][-1]:.3f}"
         lines.append(line)
     lines += [f"warning: {w}" for w in metrics["warnings"]]

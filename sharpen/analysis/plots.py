@@ -7,7 +7,8 @@
 pass_at_k.png             pass@k against k (log axis), one line and interval band per method, each up to its own n
 accuracy_vs_compute.png   pass@k against forward tokens spent per problem on k samples
 frontier.png              accuracy against forward tokens and wall seconds per completion: every instance a
-                          point, the instances of one method joined into its curve
+                          point, the instances of one method joined into its curve; a weighted method's
+                          estimate of p^alpha (sharpen.analysis.target) a horizontal band
 base_logprob_mean.png     histogram of per-token base log-likelihood, per method
 base_confidence.png       histogram of confidence (negative entropy) under the base model
 base_self_certainty.png   histogram of self-certainty under the base model
@@ -16,7 +17,8 @@ boundary.png              solved-set matrix: problems the row method solves and 
                           at the pair's largest shared k (sharpen.analysis.boundary)
 
 Every method instance of the run gets its own colour (tab10, in table order) and, past ten
-instances, its own line style; with more than four the legend moves beside the axes.
+instances, its own line style; with more than four the legend moves beside the axes. A weighted
+method's records are draws of a proposal: it has no pass@k curve and no histograms.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def plot_pass_at_k(metrics: dict, path: Path) -> Path:
     uneven = len({m["problems"] for m in methods.values()}) > 1  # then say which problems each curve is over
     for name, m in methods.items():
         curve = m["pass_at_k"]
+        if curve is None:  # a weighted method (sharpen.analysis.target)
+            continue
         largest = max(largest, max(curve["k"]))
         label = f"{name} (n={max(curve['k'])}" + (f", {m['problems']} problems)" if uneven else ")")
         ax.plot(curve["k"], curve["value"], marker="o", ms=3, color=colors[name], linestyle=styles[name],
@@ -115,6 +119,8 @@ def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
         if per_sample is None:
             per_sample, unit = cost["completion_tokens"]["per_sample"], "completion tokens"
         curve = m["pass_at_k"]
+        if curve is None:
+            continue
         x = np.array(curve["k"]) * max(per_sample, 1e-9)
         ax.plot(x, curve["value"], marker="o", ms=3, color=colors[name], linestyle=styles[name], label=name)
         ax.fill_between(x, curve["low"], curve["high"], color=colors[name], alpha=0.2, linewidth=0)
@@ -129,9 +135,12 @@ def plot_accuracy_vs_compute(metrics: dict, path: Path) -> Path:
 
 
 def frontier_points(metrics: dict) -> dict[str, list[dict]]:
-    """Per registered method, its instances as (forward tokens, wall s per completion, accuracy) points by cost."""
+    """Per registered method, its instances as (forward tokens, wall s per completion, accuracy) points by cost;
+    weighted methods are bands (frontier_bands), not points."""
     curves: dict[str, list[dict]] = {}
     for name, m in metrics["methods"].items():
+        if m.get("weighted"):
+            continue
         cost = m["cost"]
         forward = (cost.get("forward_tokens") or {}).get("per_sample")
         wall = (cost.get("wall_seconds") or {}).get("per_sample")
@@ -142,13 +151,26 @@ def frontier_points(metrics: dict) -> dict[str, list[dict]]:
     return {kind: sorted(points, key=lambda p: p["forward_tokens"]) for kind, points in curves.items()}
 
 
+def frontier_bands(metrics: dict) -> list[dict]:
+    """Each weighted method's estimate of p^alpha's accuracy ({name, value, low, high}): a band across the frontier,
+    not a point, since no completion it drew is a draw of p^alpha."""
+    return [{"name": name, **m["accuracy"]} for name, m in metrics["methods"].items()
+            if m.get("weighted") and m["accuracy"].get("value") is not None]
+
+
 def plot_frontier(metrics: dict, path: Path) -> Path | None:
     """Accuracy (with its interval) against compute and against wall time per completion, one curve per method."""
     curves = frontier_points(metrics)
     if not curves:
         return None
     colors = dict(zip(curves, plt.get_cmap("tab10").colors * 3))
+    bands = frontier_bands(metrics)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax in axes:
+        for band in bands:
+            label = "p^alpha (IS estimate" + (f", {band['name']})" if len(bands) > 1 else ")")
+            ax.axhspan(band["low"], band["high"], color="0.5", alpha=0.25, linewidth=0, label=label)
+            ax.axhline(band["value"], color="0.3", linestyle="--", linewidth=1)
     for ax, key, label in ((axes[0], "forward_tokens", "forward tokens per completion (compute)"),
                            (axes[1], "wall_seconds", "wall seconds per completion (share of batched time)")):
         for kind, points in curves.items():
@@ -169,8 +191,10 @@ def plot_frontier(metrics: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (pass@1)")
     axes[0].set_ylim(-0.02, 1.02)
-    if axes[1].get_legend_handles_labels()[0]:  # no wall seconds recorded: nothing drawn there
+    if any(p["wall_seconds"] is not None for points in curves.values() for p in points):
         axes[1].legend(fontsize=8, loc="best")
+    elif bands:  # no wall seconds recorded: the band's label goes beside the compute axis
+        axes[0].legend(fontsize=8, loc="best")
     fig.suptitle("one frontier: every method instance at its cost (training cost not included)", fontsize=10)
     return _save(fig, path)
 
@@ -180,7 +204,7 @@ def plot_boundary(metrics: dict, path: Path) -> Path | None:
     entries = [e for e in metrics.get("boundary") or [] if "k" in e]
     if not entries:
         return None
-    names = list(metrics["methods"])
+    names = [n for n, m in metrics["methods"].items() if not m.get("weighted")]
     matrix = only_matrix(entries, names)
     ks = np.full_like(matrix, np.nan)
     for e in entries:
@@ -302,8 +326,9 @@ def make_plots(run: Run, metrics: dict, out_dir) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"pass_at_k": plot_pass_at_k(metrics, out_dir / "pass_at_k.png"),
              "accuracy_vs_compute": plot_accuracy_vs_compute(metrics, out_dir / "accuracy_vs_compute.png")}
+    weighted = {n for n, m in metrics["methods"].items() if m.get("weighted")}  # proposal draws: not shown
     for score, (stem, label) in HISTOGRAMS.items():
-        values = score_values(run, score)
+        values = {n: v for n, v in score_values(run, score).items() if n not in weighted}
         if values:
             paths[stem] = plot_histogram(values, label, out_dir / f"{stem}.png", names=run.methods)
     diversity = plot_diversity(metrics, out_dir / "diversity.png")

@@ -15,7 +15,9 @@ before them and runs of blank lines collapse to one.
 
 Beside accuracy and pass@k (each method up to its own n; n<k where it has fewer samples) come
 coverage and the crossover k, the reasoning boundary of each pair, accuracy at equal compute
-and entropy / support (sharpen.analysis.large_k, .boundary, .equal_compute, .entropy define them).
+and entropy / support (sharpen.analysis.large_k, .boundary, .equal_compute, .entropy define them),
+and, when a weighted method (power_is) estimates p^alpha, whether each sampler reached it
+(sharpen.analysis.target).
 Every table says which records it counts; the "Records used" table names each file,
 its line count and its sha256, the "Provenance" section the code, library and grader
 versions the records and this analysis ran under, and the closing per-problem table gives
@@ -32,7 +34,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plots import frontier_points
+from .mixing import LOG_Z_SD_LIMIT, MIXING_P, RHAT_LIMIT
+from .plots import frontier_bands, frontier_points
 from .stats import first_and_last_fifth
 
 PASS_K_COLUMNS = 6  # pass@k columns in the table (each method's n, then powers of two); the plot has all
@@ -87,7 +90,7 @@ def _shown_ks(metrics: dict) -> list[int]:
     >>> _shown_ks({"methods": {"a": {"pass_at_k": {"k": [1, 256]}}, "b": {"pass_at_k": {"k": [1, 8, 16]}}}})
     [4, 16, 64, 256]
     """
-    own = {max(m["pass_at_k"]["k"]) for m in metrics["methods"].values()} - {1}
+    own = {max(m["pass_at_k"]["k"]) for m in metrics["methods"].values() if m.get("pass_at_k")} - {1}
     largest = max(own, default=1)
     powers = [2 ** j for j in range(1, 21) if 2 ** j < largest]
     while len(set(powers) | own) > PASS_K_COLUMNS and len(powers) > 1:
@@ -217,11 +220,21 @@ def accuracy_and_pass_at_k(metrics: dict, ctx: ReportContext) -> str:
            "— when a method's records carry no extracted answer).", ""]
     rows = []
     for name, m in metrics["methods"].items():
+        if m.get("weighted"):  # its records are proposal draws: the estimate alone, no pass@k (sharpen.analysis.target)
+            rows.append([f"{name} (IS estimate of p^alpha, median ESS {_f(m['ess']['median'], 1)})", m["problems"],
+                         f"{m['correct']} / {m['samples']}", _ci(m["accuracy"]), "—"] + ["—"] * len(ks))
+            continue
         curve = m["pass_at_k"]
         rows.append([name, m["problems"], f"{m['correct']} / {m['samples']}", _ci(m["accuracy"]),
                      _ci(m["majority_vote"])] + [_pass_cell(curve, k) for k in ks])
     out.append(_table(["method", "problems", "correct / samples", "accuracy", "majority vote"]
                       + [f"pass@{k}" for k in ks], rows))
+    if any(m.get("weighted") for m in metrics["methods"].values()):
+        out.append("\nAn *IS estimate* row is a weighted method: its records are draws of a proposal, each with an "
+                   "importance weight, and its accuracy is the self-normalised estimate of the accuracy of p^alpha "
+                   "(per problem Σ w·correct / Σ w, averaged over problems; *correct / samples* counts the draws). "
+                   "Pass@k, majority vote, diversity and the other numbers over the draws themselves would describe "
+                   "the proposal, so they are not reported for it; see *Did the samplers reach p^alpha?*.")
     out.append(ctx.image("pass_at_k", "pass@k"))
     return "\n".join(out)
 
@@ -309,14 +322,18 @@ def grpo_training(metrics: dict, ctx: ReportContext) -> str | None:
 
 
 def paired_comparisons(metrics: dict, ctx: ReportContext) -> str | None:
-    """Every pair of methods on their shared problems: difference, test, p-values, who solves what."""
+    """Every pair of methods on their shared problems: difference, its permutation p-values, who solves what."""
     if not metrics["paired"]:
         return None
     out = ["## Paired comparisons", "",
            "Each row compares method B with method A on the problems both have: the difference of "
-           "accuracies (B − A) with a paired bootstrap interval; the Wilcoxon signed-rank test on the "
-           "per-problem pass rates, or with one sample per problem the exact McNemar test (binomial test "
-           "on the problems where exactly one is correct); p (Holm) adjusts for all the pairs. "
+           "accuracies (B − A), the mean over problems of the per-problem pass-rate difference, with a paired "
+           "bootstrap interval; *p* tests that same mean with a paired sign-flip permutation test (each "
+           "problem's difference flipped in sign at random under the null; exact up to 20 differing problems, "
+           "else 20000 seeded flips), and *p (Holm)* adjusts it for all the pairs. *Wilcoxon p* (signed ranks "
+           "of the differences), or with one sample per problem *McNemar p* (exact: a binomial test on the "
+           "problems where exactly one is correct), is a secondary test of another quantity: a mean carried by "
+           "a few large gains can be clear while the signed ranks balance. "
            "*B > A* counts problems where B's pass rate is higher; *only A solves* counts problems where "
            "some sample of A and none of B is correct.", ""]
     rows = []
@@ -328,11 +345,94 @@ def paired_comparisons(metrics: dict, ctx: ReportContext) -> str | None:
         if e["problems"] < max(e["problems_a"], e["problems_b"]):
             shared += f" (of {e['problems_a']} / {e['problems_b']})"
         diff = _ci({"value": e["diff"], "low": e["low"], "high": e["high"]})
-        rows.append([f"{e['b']} − {e['a']}", shared, diff,
-                     e["test"], _p(e["p_value"]), _p(e.get("p_holm")),
+        secondary = (f"{_p(e['mcnemar_p'])} (McNemar)" if e.get("mcnemar_p") is not None
+                     else _p(e.get("wilcoxon_p")))
+        rows.append([f"{e['b']} − {e['a']}", shared, diff, _p(e["p_value"]), _p(e.get("p_holm")), secondary,
                      f"{e['b_better']} / {e['a_better']} / {e['ties']}", e["only_a_solves"], e["only_b_solves"]])
-    out.append(_table(["B − A", "problems", "difference", "test", "p", "p (Holm)", "B > A / A > B / tie",
+    out.append(_table(["B − A", "problems", "difference", "p", "p (Holm)", "Wilcoxon p", "B > A / A > B / tie",
                        "only A solves", "only B solves"], rows))
+    return "\n".join(out)
+
+
+def reached_target(metrics: dict, ctx: ReportContext) -> str | None:
+    """Each sampler of the base model against a weighted method's estimate of p^alpha: difference and verdict."""
+    rows_in = metrics.get("target") or []
+    if not rows_in:
+        return None
+    tolerance = metrics["settings"].get("target_tolerance")
+    min_ess = metrics["settings"].get("min_ess")
+    estimates = list(dict.fromkeys(r["estimate"] for r in rows_in))
+    out = ["", "## Did the samplers reach p^alpha?", "",
+           f"{', '.join(f'`{e}`' for e in estimates)} estimates the accuracy of p^alpha itself by importance "
+           "sampling (weighted draws of a proposal, self-normalised per problem). Each row holds a method that "
+           "samples the base model with the same alpha against that estimate on the problems both have: "
+           "*difference* = accuracy − estimate, with a paired bootstrap interval over problems. "
+           f"*Reached* means the interval lies within ±{_f(tolerance, 2)} of the importance-sampling estimate of "
+           f"p^alpha; *missed*, that it excludes 0; *cannot tell*, that the estimate's median effective sample "
+           f"size on those problems is below {min_ess} (ESS too low) or that the interval is too wide for either. "
+           "A high acceptance rate is not evidence of reaching p^alpha: a chain can accept most proposals and "
+           "still sit far from its target. The *reference* row is base, p itself: how far sharpening moves "
+           "accuracy at all.", ""]
+    rows, skipped = [], []
+    for r in rows_in:
+        if r.get("skipped"):
+            skipped.append(f"`{r['method']}` (against `{r['estimate']}`): {r['skipped']}")
+            continue
+        name = r["method"] + (" (reference, p)" if r.get("role") == "reference" else "")
+        rows.append([name, r["estimate"], r["problems"], _ci(r["accuracy"]), _ci(r["estimated_accuracy"]),
+                     _ci(r["difference"]), _f(r["ess_median"], 1), f"**{r['verdict']}**"])
+    if rows:
+        out.append(_table(["method", "estimate from", "problems", "accuracy", "estimate of p^alpha",
+                           "difference (accuracy − estimate)", "median ESS", "verdict"], rows))
+    if skipped:
+        out += ["", "Not compared: " + "; ".join(skipped) + "."]
+    return "\n".join(out)
+
+
+def _mixing_cells(e: dict) -> tuple[str, str]:
+    """(diagnostic, figures) of one method's mixing entry (sharpen.analysis.mixing)."""
+    if e["diagnostic"] == "two_starts":
+        starts = e["starts"]
+        if e.get("status") != "ok":
+            return "two starts", f"{e['status']} ({starts['proposal']} + {starts['base']} chains)"
+        ans, ll, rhat = e.get("answers"), e["loglik"], e["rhat"]
+        below = f"{_f(100 * ll['share_problems_below'], 0)}% (log-lik)"
+        if ans:
+            below = f"{_f(100 * ans['share_problems_below'], 0)}% (answers), " + below
+        return "two starts (proposal / base)", (
+            f"p = {_p(e['p_value'])} (answers {_p(ans['p_value']) if ans else '—'}, log-lik {_p(ll['p_value'])}); "
+            f"problems with p < {e['thresholds']['problem_p']}: {below}; R-hat pooled {_f(rhat['pooled'])}, median "
+            f"{_f(rhat['median'])}, max {_f(rhat['max'])}; {e['problems']} problems, {starts['proposal']} + "
+            f"{starts['base']} chains")
+    if e["diagnostic"] == "smc":
+        return "SMC weights", (
+            f"{_f(e['num_particles'], 0)} particles, {e['runs']} runs; resamples {_f(e['resamples_median'], 1)}; "
+            f"ESS / N min {_f(e['min_ess_fraction_median'])}, mean {_f(e['mean_ess_fraction_median'])}, final "
+            f"{_f(e['final_ess_fraction_median'])} (medians over runs); sd of log Z over runs of a problem "
+            f"{_f(e['log_z_sd_median'], 2)} (median over {e['log_z_sd_problems']} problems)")
+    return "look-ahead", (f"{_f(e['lookahead'], 1)} tokens per decision / {_f(e['completion_tokens'], 1)} tokens "
+                          f"per completion = {_f(e['ratio'], 2)} (from the {e['source']})")
+
+
+def mixing_diagnostics(metrics: dict, ctx: ReportContext) -> str | None:
+    """One row per sampler of p^alpha: its convergence diagnostic and verdict (sharpen.analysis.mixing)."""
+    entries = {n: m["mixing"] for n, m in metrics["methods"].items() if m.get("mixing")}
+    if not entries:
+        return None
+    out = ["", "## Mixing diagnostics", "",
+           "Whether each sampler of p^alpha reached its target as configured, not only whether its kernel targets "
+           "it (sharpen.analysis.mixing defines each figure). *Two starts*: power_mh with `init: both` grows half "
+           "its chains from the proposal and half from the base model; chains that mixed give the same answers "
+           "and log-likelihoods from either start. p: stratified permutation tests across problems (Bonferroni "
+           "over answers and log-likelihood); R-hat between the two starts, pooled over problems. *Not mixed* "
+           f"when p < {MIXING_P} or the pooled R-hat > {RHAT_LIMIT}; *no sign of non-mixing* is not a proof of "
+           "mixing. *SMC weights*: low ESS fractions and a large spread of log Z between runs of one problem say "
+           f"the particles are too few (flagged above {LOG_Z_SD_LIMIT:g} nat). *Look-ahead*: a look-ahead "
+           "shorter than the completions targets a short-sighted law, not p^alpha. A high MH acceptance rate is "
+           "not a mixing diagnostic: a chain that accepts small changes near its start accepts often and never "
+           "leaves it.", ""]
+    rows = [[name, *_mixing_cells(e), f"**{e['verdict']}**"] for name, e in entries.items()]
+    out.append(_table(["method", "diagnostic", "figures", "verdict"], rows))
     return "\n".join(out)
 
 
@@ -377,7 +477,8 @@ def base_model_scores(metrics: dict, ctx: ReportContext) -> str:
     rows = []
     for name, s in scored.items():
         lp = s["logprob_mean"]
-        rows.append([name, f"{s['scored']}" + (f" (+{s['unscored']} unscored)" if s["unscored"] else ""),
+        shown = f"{name} (IS estimate under p^alpha)" if s.get("weighted") else name  # sharpen.analysis.target
+        rows.append([shown, f"{s['scored']}" + (f" (+{s['unscored']} unscored)" if s["unscored"] else ""),
                      _ci(lp), _f(lp["median"]), f"{_f(lp['mean_correct'])} / {_f(lp['mean_incorrect'])}",
                      _ci(s["logprob_sum"], 2), _ci(s["confidence"]), _ci(s["self_certainty"])])
     out.append(_table(["method", "scored", "log-lik / token", "median", "correct / incorrect",
@@ -409,9 +510,12 @@ def diversity(metrics: dict, ctx: ReportContext) -> str:
     keys = [k for k in keys if any(d.get(k) for d in diverse.values())]
     rows = [[name] + [_ci(d.get(k)) for k in keys] for name, d in diverse.items()]
     out.append(_table(["method"] + [k.replace("_", "-") for k in keys], rows))
-    skipped = [n for n, m in methods.items() if not m.get("diversity")]
+    skipped = [n for n, m in methods.items() if not m.get("diversity") and not m.get("weighted")]
     if skipped:
         out.append(f"\nNot computed for {', '.join(skipped)} (one sample per problem).")
+    weighted = [n for n, m in methods.items() if m.get("weighted")]
+    if weighted:
+        out.append(f"\nNot reported for {', '.join(weighted)}: weighted draws of a proposal, not of p^alpha.")
     out.append(ctx.image("diversity", "diversity"))
     return "\n".join(out)
 
@@ -516,6 +620,9 @@ def frontier(metrics: dict, ctx: ReportContext) -> str | None:
             for kind, points in curves.items() for p in points]
     out.append(_table(["instance", "method", "forward tokens / completion", "wall s / completion",
                        "accuracy"], rows))
+    for band in frontier_bands(metrics):
+        out.append(f"\n`{band['name']}` is no point of the frontier: {_ci(band)} is its importance-sampling estimate "
+                   f"of the accuracy of p^alpha, drawn across the plot as a band (*p^alpha (IS estimate)*).")
     out.append(ctx.image("frontier", "one frontier: accuracy against cost"))
     return "\n".join(out)
 
@@ -527,9 +634,14 @@ def equal_compute(metrics: dict, ctx: ReportContext) -> str | None:
         return None
     out = ["", "### Accuracy at equal compute", "",
            "Each method against majority voting over samples of a cheap reference (base, low_temp) that spend the "
-           "same forward tokens: k = C_method / C_reference, the mean forward tokens per completion of each on "
-           "the problems both have, linearly interpolated between the integers around it (k < 1 is shown at "
-           "k = 1; k beyond the reference's samples is marked, not extrapolated). Majority vote at k is the "
+           "same forward tokens. C is the mean forward tokens per completion of each on the problems both have "
+           "(the method's includes its prompt once); the reference's k samples of a problem share one prefill "
+           "of the prompt, so they cost prompt + k (C_reference − prompt), and "
+           "k = (C_method − prompt) / (C_reference − prompt), prompt the reference's mean prompt length. "
+           "*k, prompt per sample* = C_method / C_reference is the older accounting that prefills the prompt "
+           "for every reference sample (a smaller k, in the method's favour), shown for comparison. k is "
+           "linearly interpolated between the integers around it (k < 1 is shown at k = 1; k beyond the "
+           "reference's samples is marked, not extrapolated). Majority vote at k is the "
            "expected vote of a random k-subset of the reference's samples "
            f"({metrics['settings'].get('majority_subsets')} seeded subsets per problem; exact at k = n); pass@k (oracle, needs a verifier) is shown beside it. "
            "*Beats voting*: yes when the paired interval of method − majority vote lies above 0, no when below, "
@@ -543,14 +655,17 @@ def equal_compute(metrics: dict, ctx: ReportContext) -> str | None:
         if r.get("forward_per_completion") is not None:
             cost = f"{_f(r['forward_per_completion'], 1)} / {_f(r['reference_forward_per_completion'], 1)}"
         note = "" if r["status"] == "ok" else r["status"]
-        if r.get("training_note"):
-            note = "; ".join(x for x in (note, r["training_note"]) if x)
-        rows.append([name, r["reference"], r["problems"], cost, _f(r.get("k"), 2), _ci(r.get("accuracy")),
+        for extra in ("cost_note", "training_note"):
+            if r.get(extra):
+                note = "; ".join(x for x in (note, r[extra]) if x)
+        rows.append([name, r["reference"], r["problems"], cost, _f(r.get("reference_prompt_tokens"), 1),
+                     _f(r.get("k"), 2), _f(r.get("k_prompt_per_sample"), 2), _ci(r.get("accuracy")),
                      _ci(r.get("majority_vote")), _ci(r.get("pass_at_k")), _ci(r.get("difference")),
                      r.get("beats_voting") or "—", note or "—"])
-    out.append(_table(["method", "reference", "problems", "forward tokens / completion (method / reference)", "k",
-                       "method accuracy", "reference majority vote at k", "reference pass@k", "method − majority",
-                       "beats voting", "note"], rows))
+    out.append(_table(["method", "reference", "problems", "forward tokens / completion (method / reference)",
+                       "reference prompt tokens", "k", "k, prompt per sample", "method accuracy",
+                       "reference majority vote at k", "reference pass@k", "method − majority", "beats voting",
+                       "note"], rows))
     return "\n".join(out)
 
 
@@ -616,9 +731,10 @@ def per_problem_counts(metrics: dict, ctx: ReportContext) -> str:
 
 
 REPORT_SECTIONS = [header, warnings, records_used, accuracy_and_pass_at_k, coverage_and_crossover,
-                   answer_extraction, grpo_training, paired_comparisons, reasoning_boundary, base_model_scores,
-                   diversity, entropy_and_support, compute, frontier, equal_compute, provenance, this_analysis,
-                   per_problem_counts]
+                   answer_extraction, grpo_training, paired_comparisons, reached_target, mixing_diagnostics,
+                   reasoning_boundary,
+                   base_model_scores, diversity, entropy_and_support, compute, frontier, equal_compute, provenance,
+                   this_analysis, per_problem_counts]
 
 
 def render_report(metrics: dict, plots: dict, run_dir) -> str:

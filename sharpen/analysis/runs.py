@@ -16,9 +16,9 @@ files are never modified. `sharpen analyze RUN_DIR` starts by loading the run th
 Anything that would make a number silently wrong raises InputError naming the file, the line
 and what is accepted: a line that is not UTF-8 JSON, a record without a required field, a `correct`
 that contradicts its `score`, a duplicate (problem_id, sample_idx), records of two configs mixed in
-one file. Milder problems (a torn last line left by a killed
-writer, uneven sample counts, part files of an unfinished multi-process run) become warnings
-that the report prints.
+one file, a record of a weighted method (Method.weighted) without its importance_log_weight. Milder
+problems (a torn last line left by a killed writer, uneven sample counts, part files of an unfinished
+multi-process run) become warnings that the report prints.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sharpen.errors import UsageError
 from sharpen.runs.records import decode_line, read_records, record_key
-from sharpen.sampling.methods import registered_methods
+from sharpen.sampling.methods import find_method, registered_methods
 
 REQUIRED_FIELDS = ("problem_id", "sample_idx", "prompt", "completion", "completion_ids", "correct")
 SCORE_VALUES = ("logprob_sum", "logprob_mean", "confidence", "self_certainty", "num_tokens")
@@ -171,7 +171,7 @@ def _check_values(record: dict, where: str) -> None:
         raise InputError(f"{where}: sample_idx must be a non-negative integer, got {record['sample_idx']!r}")
     if not isinstance(record["problem_id"], (str, int)) or isinstance(record["problem_id"], bool):
         raise InputError(f"{where}: problem_id must be a string or an integer, got {record['problem_id']!r}")
-    for key in ("score", "base_logprob_sum", "base_logprob_mean", "num_tokens"):
+    for key in ("score", "base_logprob_sum", "base_logprob_mean", "num_tokens", "importance_log_weight"):
         value = record.get(key)
         if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise InputError(f"{where}: {key} must be a finite number, got {value!r}")
@@ -219,6 +219,12 @@ def _check_consistency(method: MethodRecords) -> None:
         found = ", ".join(f"{n} ({c} records)" for n, c in names.most_common())
         raise InputError(f"{path} holds records of method(s) {found}: a file <name>.jsonl may hold only "
                          f"records whose method is <name>")
+    kind = find_method(method.kind)
+    if kind is not None and kind.weighted:
+        unweighted = [line for r, line in zip(method.records, method.lines) if r.get("importance_log_weight") is None]
+        if unweighted:
+            raise InputError(f"{path}:{unweighted[0]} has no importance_log_weight ({len(unweighted)} record(s) lack "
+                             f"it): every record of {method.kind}, a weighted method, must carry its log weight")
     temperatures = Counter(r.get("temperature") for r in method.records if r.get("temperature") is not None)
     if len(temperatures) > 1:
         found = ", ".join(f"{t} on {c} lines" for t, c in temperatures.most_common())

@@ -20,6 +20,11 @@ holds what compares methods with each other: the paired tests (paired/<b>-<a>/<f
 method's summary again as <method>/<key>, the plots, the pass@k curve as a line plot with one
 series per method (charts/pass_at_k) and as a table, and the GRPO training curves.
 
+A weighted method's run (power_is: an importance-sampling estimate of p^alpha) has accuracy = its
+estimate, no pass@k, majority vote or histograms, and ess/median, ess/min, ess/share_below_5; each
+method held against it (metrics.json's `target`) gets target/<estimate>/difference (with _low,
+_high), target/<estimate>/verdict and target/<estimate>/problems in its own run (target_summary).
+
 Run ids are kept in RUN_DIR/wandb_run_ids.json (sharpen.runs.tracking.kept_run_id), so analysing
 again resumes the same runs: online, no duplicate appears. Offline, every analysis writes new
 RUN_DIR/wandb/offline-run-<time>-<id> directories with those ids, each holding the whole run;
@@ -34,6 +39,7 @@ import numbers
 
 from sharpen.runs.tracking import WandbConfig, is_logging, start_run
 
+from .mixing import mixing_scalars
 from .plots import HISTOGRAMS
 from .runs import MethodRecords, Run
 
@@ -56,7 +62,8 @@ def method_summary(m: dict) -> dict[str, float]:
 
     Keys: accuracy, accuracy_low, accuracy_high, pass@<k> for the method's own k grid,
     majority_vote, base_<score>, diversity/<key>, coverage, entropy/<key>, support/<key>,
-    cost/<field> (total) and cost/<field>_per_completion, and counts; entries a method lacks
+    ess/<key> (a weighted method), cost/<field> (total) and cost/<field>_per_completion, mixing/<key> (the
+    sampler's convergence diagnostic: mixing.mixing_scalars), and counts; entries a method lacks
     are left out, never logged as 0.
 
     >>> m = {"accuracy": {"value": 0.5, "low": 0.2, "high": 0.8}, "pass_at_k": {"k": [1, 2], "value": [0.5, 0.75]},
@@ -71,8 +78,11 @@ def method_summary(m: dict) -> dict[str, float]:
     for extraction, entry in (m.get("extractions") or {}).items():
         if isinstance(entry, dict):
             out[f"accuracy_{extraction}"] = entry["value"]
-    for k, v in zip(m["pass_at_k"]["k"], m["pass_at_k"]["value"]):
+    curve = m.get("pass_at_k") or {"k": [], "value": []}  # a weighted method has none
+    for k, v in zip(curve["k"], curve["value"]):
         out[f"pass@{k}"] = v
+    for key, value in (m.get("ess") or {}).items():  # a weighted method's effective sample size over problems
+        out[f"ess/{key}"] = value
     if m.get("majority_vote"):
         out["majority_vote"] = m["majority_vote"]["value"]
     for score, (stem, _) in HISTOGRAMS.items():
@@ -98,13 +108,35 @@ def method_summary(m: dict) -> dict[str, float]:
         out["cost/sampling_elapsed_seconds"] = cost["sessions"]["elapsed_seconds"]
     for key, value in (cost.get("training") or {}).items():
         out[f"cost/training_{key}"] = value
+    for key, value in mixing_scalars(m.get("mixing")).items():  # flags as 0 / 1
+        out[f"mixing/{key}"] = value
     return {k: v for k, v in out.items() if _number(v)}
 
 
+def target_summary(metrics: dict, name: str) -> dict:
+    """Method `name` against each weighted method's estimate of p^alpha (metrics["target"]), as flat keys.
+
+    >>> row = {"estimate": "power_is", "method": "power_mh", "problems": 3, "verdict": "missed",
+    ...        "difference": {"value": 0.2, "low": 0.1, "high": 0.3}}
+    >>> target_summary({"target": [row]}, "power_mh")["target/power_is/verdict"]
+    'missed'
+    """
+    out = {}
+    for row in metrics.get("target") or []:
+        if row["method"] != name or row.get("verdict") is None:
+            continue
+        key, d = f"target/{row['estimate']}", row["difference"]
+        out.update({f"{key}/difference": d["value"], f"{key}/difference_low": d["low"],
+                    f"{key}/difference_high": d["high"], f"{key}/verdict": row["verdict"],
+                    f"{key}/problems": row["problems"]})
+    return out
+
+
 def flatten(metrics: dict) -> dict[str, float]:
-    """The analysis run's summary: method_summary of each method as `<method>/<key>`, and `paired/<b>-<a>/<field>`."""
+    """The analysis run's summary: method_summary and target_summary of each method as `<method>/<key>`, and
+    `paired/<b>-<a>/<field>`."""
     out = {f"{name}/{key}": value for name, m in metrics["methods"].items()
-           for key, value in method_summary(m).items()}
+           for key, value in (method_summary(m) | target_summary(metrics, name)).items()}
     for e in metrics["paired"]:
         if e.get("problems"):
             for key in ("diff", "low", "high", "p_value", "p_holm"):
@@ -163,9 +195,9 @@ def log_method_runs(config: WandbConfig, metrics: dict, run: Run, *, study: str,
         if not is_logging(wb):
             return {}
         try:
-            wb.summary.update(method_summary(m))
+            wb.summary.update(method_summary(m) | target_summary(metrics, name))
             if records is not None:
-                logged = _histograms(records)
+                logged = {} if m.get("weighted") else _histograms(records)  # a proposal's draws: no histogram
                 logged["tables/samples"] = _samples_table(name, records)
                 wb.log(logged)
             ids[name] = wb.id
@@ -216,12 +248,12 @@ def log_to_wandb(wb, metrics: dict, plots: dict, run: Run) -> str | None:
     logged = {f"plots/{key}": wandb.Image(str(path)) for key, path in plots.items()}
     curve = wandb.Table(columns=["method", "k", "pass_at_k", "low", "high"])
     for method, m in metrics["methods"].items():
-        c = m["pass_at_k"]
+        c = m["pass_at_k"] or {"k": [], "value": [], "low": [], "high": []}  # a weighted method has none
         for row in zip(c["k"], c["value"], c["low"], c["high"]):
             curve.add_data(method, *row)
     logged["tables/pass_at_k"] = curve
     # Each method has its own k grid (k <= its samples per problem): line_series takes one xs per series.
-    curves = [(name, m["pass_at_k"]) for name, m in metrics["methods"].items() if m["pass_at_k"]["k"]]
+    curves = [(name, m["pass_at_k"]) for name, m in metrics["methods"].items() if (m["pass_at_k"] or {}).get("k")]
     if curves:
         logged["charts/pass_at_k"] = wandb.plot.line_series(
             xs=[list(c["k"]) for _, c in curves], ys=[list(c["value"]) for _, c in curves],

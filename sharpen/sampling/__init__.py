@@ -1,4 +1,4 @@
-"""The base model as a distribution: loading, plain / low-temperature sampling, the power samplers (MH, SMC, SPS),
+"""The base model as a distribution: loading, plain / low-temperature sampling, the power samplers (MH, SMC, SPS, IS),
 the method registry.
 
     models.py     load_model: a checkpoint directory, a Hub id, a LoRA adapter, or the built-in smollm2-135m
@@ -7,6 +7,7 @@ the method registry.
     power.py      power_mh: exact block Metropolis-Hastings on p^alpha, uniform or entropy positions
     smc.py        power_smc: sequential Monte Carlo over prefixes, resampling with the KV cache
     sps.py        power_sps: top-K candidates weighed by jackknifed look-ahead rollouts
+    importance.py power_is: weighted plain decodes from tempered proposals, an importance sample of p^alpha
     timeshare.py  per-completion shares of measured wall time that add up to the sampler's time
     methods.py    the method registry (Method, register_method, get_method) and its plug-ins
 
@@ -20,8 +21,10 @@ from .models import ModelLoadError, context_length, eos_token_ids, load_model
 from .power import PowerSamplingConfig, power_sample
 from .smc import SMCConfig, smc_sample
 from .sps import SPSConfig, sps_sample
+from .importance import ImportanceSamplingConfig, importance_sample
 from .methods import Method, get_method, register_method, registered_methods
 
 __all__ = ["SampleResult", "sample", "load_model", "ModelLoadError", "eos_token_ids", "context_length",
-           "derive_seed", "PowerSamplingConfig", "power_sample", "SMCConfig", "smc_sample", "SPSConfig", "sps_sample", "Method", "get_method", "register_method",
+           "derive_seed", "PowerSamplingConfig", "power_sample", "SMCConfig", "smc_sample", "SPSConfig", "sps_sample",
+           "ImportanceSamplingConfig", "importance_sample", "Method", "get_method", "register_method",
            "registered_methods"]

@@ -40,6 +40,9 @@ class SampleResult:
     # sampled_tokens, forward_tokens, wall_seconds (this completion's share of the sampler's time;
     # shares add up to the sampler's elapsed time), power-MH: proposals, accepted, acceptance_rate
     stats: dict = field(default_factory=dict)
+    # Extra record fields a sampler gives each completion (e.g. power_is's importance_log_weight, power_mh's
+    # init): written into the completion's record as they are, beside the standard ones.
+    fields: dict = field(default_factory=dict)
 
 
 def check_prompts(model, prompts: list[list[int]]) -> int | None:

@@ -21,8 +21,8 @@ from here; nothing tests a method by its name. Adding a method is one module tha
     MINE = Method(name="mine", settings=MySettings, run=my_run, description="...")
 
 where `my_run(model, prompts, settings, *, seeds, on_result) -> list[SampleResult]` returns one
-completion per prompt (token ids, per-token base log-probs, finish reason, stats) and calls
-`on_result(i, result)` as soon as completion i is done. Then either
+completion per prompt (token ids, per-token base log-probs, finish reason, stats, and any extra record
+fields in `fields`) and calls `on_result(i, result)` as soon as completion i is done. Then either
 
 - in the same process, before use: `sharpen.register_method(MINE)` (a notebook, a script); or
 - from another installed package, so that `sharpen sample --method mine`, `sharpen study` and
@@ -52,6 +52,7 @@ from sharpen.runs.plugins import METHODS_GROUP, PluginGroup, short
 
 from .draw import check_alpha, check_integers, validate_processing
 from .generate import DEFAULT_BATCH_SIZE, SampleResult, sample
+from .importance import ImportanceSamplingConfig, importance_sample
 from .models import check_full_attention
 from .power import PowerSamplingConfig, power_sample
 from .smc import SMCConfig, smc_sample
@@ -106,8 +107,8 @@ def _run_plain(model, prompts, settings, *, seeds, on_result=None) -> list[Sampl
                   on_result=on_result)
 
 
-def _run_power(model, prompts, settings, *, seeds, on_result=None) -> list[SampleResult]:
-    return power_sample(model, prompts, settings, seeds=seeds, on_result=on_result)
+def _run_power(model, prompts, settings, *, seeds, on_result=None, sample_indices=None) -> list[SampleResult]:
+    return power_sample(model, prompts, settings, seeds=seeds, on_result=on_result, sample_indices=sample_indices)
 
 
 def _run_smc(model, prompts, settings, *, seeds, on_result=None) -> list[SampleResult]:
@@ -142,6 +143,16 @@ class Method:
     not_identity: tuple[str, ...] = ("batch_size",)
     # Raises ValueError when the sampler cannot serve `model` (checked before any sampling).
     check_model: Callable[[object], None] | None = None
+    # `run` also takes `sample_indices=` (each completion's index among its problem's samples: 0, 1, ...), for
+    # methods whose completions are allocated by index (power_is's temperatures, power_mh's two starts).
+    takes_sample_index: bool = False
+    # Records carry `importance_log_weight` (log p^alpha - log q of the whole completion): the analysis
+    # reads the method's records as a weighted sample of p^alpha, self-normalised per problem.
+    weighted: bool = False
+    # The settings of the method's paper or reference code where sharpen's defaults differ, as a function of
+    # the settings given so far (e.g. {"proposal_temperature": 1 / alpha}): the study's `profile: reference`
+    # applies them to every key that its section and instance leave unset.
+    paper_settings: Callable[[dict], dict] = lambda values: {}
 
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.settings):
@@ -291,10 +302,13 @@ _built_in(Method("low_temp", LowTempConfig, _run_plain, "the base model at token
 _built_in(Method("power_mh", PowerSamplingConfig, _run_power,
                  "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
-                 not_identity=("batch_size", "implementation"),
+                 not_identity=("batch_size", "implementation"), takes_sample_index=True,
                  check_model=lambda model: check_full_attention(model, "power_mh")))
 _built_in(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl",
                  plain_decoding=True, proposal_logprobs=True))
+_built_in(Method("grpo_low_temp", LowTempConfig, _run_plain,
+                 "the GRPO-trained model at token-level temperature 1/alpha (as low_temp is to base)", model="rl",
+                 plain_decoding=True))
 _built_in(Method("power_smc", SMCConfig, _run_smc,
                  "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
@@ -304,3 +318,8 @@ _built_in(Method("power_sps", SPSConfig, _run_sps,
                  "p(x)^alpha (arXiv 2601.21590)",
                  temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
                  check_model=lambda model: check_full_attention(model, "power_sps")))
+_built_in(Method("power_is", ImportanceSamplingConfig, importance_sample,
+                 "importance sampling of p(x)^alpha: plain decodes from a mixture of tempered proposals, each "
+                 "completion weighed by p^alpha / q_mix (self-normalised per problem by the analysis)",
+                 temperature=lambda s: float(min(s.proposal_temperatures)),  # the sharpest proposal
+                 weighted=True, takes_sample_index=True))

@@ -27,20 +27,42 @@ it is the probability of regenerating x[i:] from x[:i]. alpha*log p and log q co
 same forward pass (`draw.draw_tokens`). Block k's steps leave pi_k (p^alpha over completions of
 at most L_k tokens) invariant; this is checked by exact enumeration in tests/test_power_exactness.py.
 
-Position rule. `position="uniform"` (the paper) is the rule above. `position="entropy"` picks i
-where the base model hesitates, as decision-point MH does (Zhou, Mehrotra & Liu 2026, "Cutting at
-Decision Points", arXiv 2605.30327): with H_j the entropy of p(. | c, x[:j]) (nats; the logits
-token j was drawn or scored from, so no extra forward pass) and H_{-1} = H_0,
+Position rule. `position="uniform"` (the paper) is the rule above. The other two draw i from
+P(i | x) = w_i / W(x), W(x) = sum over j < |x| of w_j, with weights from H_j, the entropy of
+p(. | c, x[:j]) (nats, temperature 1; the logits token j was drawn or scored from, so no extra
+forward pass):
 
-    P(i | x) = w_i / W(x),   w_i = 0.1 + max(0, H_i - H_{i-1}),   W(x) = sum over j < |x| of w_j
+- `position="entropy_cut"`: the decision-point rule of Zhou, Mehrotra & Liu 2026 ("Cutting at
+  Decision Points", arXiv 2605.30327) as their code has it (felix-cfzhou/Reasoning-with-Sampling,
+  mcmc_cut.py, cut_power 4): w_i = max(0, H_i - H_{i-1})^4 with H_{-1} = 0, so the first position
+  weighs H_0^4. When W(x) = 0 (no entropy rise anywhere, i.e. every H_j = 0: p is a point mass
+  along x, in float32 at least) i is uniform, P(i | x) = 1/|x|. The reference code does the same, and
+  computes the reverse law the same way over x', so when W(x) = 0 < W(x') its cut ratio has
+  log P(i | x') = log(0 / W(x')) = -inf (numpy warns) and the proposal is rejected: that is the
+  right MH rule, since x' cannot choose i (w_i = 0 in both states) and the reverse move has
+  probability 0. Here the same case gives 1/P(i | x') = inf and a rejection, without warning.
+- `position="entropy"`: sharpen's own variant, not the paper's rule: w_i = 0.1 + max(0, H_i -
+  H_{i-1}) with H_{-1} = H_0, so positions where the entropy jumps up are resampled most and the
+  floor keeps every position possible; the first position gets only the floor. Measured from
+  H_{-1} = 0 its jump would be H_0 itself, which on SmolLM2 arithmetic put half the steps at i = 0
+  and made a step cost 30% more tokens than uniform (20% fewer from H_{-1} = H_0).
 
-so positions where the entropy jumps up are resampled most and the floor keeps every position
-possible. The first token gets only the floor: measured from H_{-1} = 0 (decision-point MH's
-choice) its jump is H_0 itself, which on SmolLM2 arithmetic put half the steps at i = 0 and made
-a step cost 30% more tokens than uniform (20% fewer from H_{-1} = H_0). w_i depends on x[:i]
-only, so it is the same in x and x' and the position term log P(i | x') - log P(i | x) is
-log W(x) - log W(x'), where W(x') takes the proposal's own entropies for x'[i:]; with w = 1 it is
-the uniform rule's log|x| - log|x'|. Checked by exact enumeration in tests/test_power_entropy.py.
+Both are exact: w_i depends on x[:i] only, so the acceptance ratio's position term is log P(i | x')
+- log P(i | x) with each state's own law (W(x') takes the proposal's own entropies for x'[i:]); for
+w_i > 0 it is log W(x) - log W(x'), and with w = 1 the uniform rule's log|x| - log|x'|. Checked by
+exact enumeration, with broken variants, in tests/test_power_entropy.py.
+
+Starts. `init="proposal"` (default, the paper) grows every block with q. `init="base"` grows every
+block with the base model at temperature 1 on q's support (the tokens top-k / top-p leave the
+proposal, renormalised; with neither, p itself), while the MH proposals stay q and log q of a grown
+token is still the proposal's, from the same logits, as the acceptance ratio needs. Only the state
+each block's MH steps start from changes, so the target is the same; two starts that disagree after
+the steps say that the chains have not mixed (sharpen.analysis.mixing compares them). On q's
+support, not top-p of p at temperature 1: that nucleus is wider than the proposal's when T < 1, and
+a state holding a token q cannot draw can never be left (its reverse proposal has probability 0).
+`init="both"` starts chains with an even sample index (`sample_indices`, else the position in the
+prompt list) from the proposal and odd ones from the base model; each result's `fields["init"]`
+says which.
 
 `stop_on_eos=True` (the paper) stops a chain after a block whose state ended in EOS; that
 freezes early chains under an intermediate target, so the output is not p^alpha even with
@@ -88,6 +110,7 @@ from transformers import DynamicCache
 from .draw import (
     check_alpha,
     check_integers,
+    draw_from_logprobs,
     draw_tokens,
     make_generator,
     proposal_logprobs,
@@ -99,8 +122,10 @@ from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
 
 IMPLEMENTATIONS = ("batched", "reference")
-POSITIONS = ("uniform", "entropy")
+POSITIONS = ("uniform", "entropy", "entropy_cut")
 ENTROPY_FLOOR = 0.1  # the entropy rule's weight of a position without an entropy jump (nats)
+CUT_POWER = 4.0  # entropy_cut's exponent of the entropy rise (cut_power in the decision-point code)
+INITS = ("proposal", "base", "both")
 
 
 @dataclass
@@ -124,9 +149,14 @@ class PowerSamplingConfig:
                                              "at a time, prefix re-run per proposal; for benchmarks)."})
     batch_size: int = field(default=64, metadata={"help": "Chains advanced together (batched implementation)."})
     position: str = field(
-        default="uniform", metadata={"help": "How an MH step picks the position to resample: uniform (the paper) "
-                                           "or entropy (decision points: where the base model's next-token "
-                                           "entropy jumps up; exact, the choice enters the acceptance ratio)."})
+        default="uniform", metadata={"help": "How an MH step picks the position to resample: uniform (the paper), "
+                                           "entropy_cut (decision-point MH: weight max(0, rise of the base "
+                                           "model's next-token entropy)^4) or entropy (sharpen's variant: 0.1 + "
+                                           "the rise). Exact: the choice enters the acceptance ratio."})
+    init: str = field(
+        default="proposal", metadata={"help": "What grows each block before its MH steps: proposal (q, the "
+                                            "paper), base (p at temperature 1 on q's support) or both (even "
+                                            "sample index proposal, odd base: the mixing diagnostic's two starts)."})
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -138,33 +168,46 @@ class PowerSamplingConfig:
             raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got '{self.implementation}'")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got '{self.position}'")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
 
 
 def _log_accept_ratio(alpha: float, cur_logp, cur_logq, prop_logp, prop_logq, n_cur: float, n_prop: float) -> float:
     """log A of replacing the current suffix (cur_*) by the proposed one (prop_*), both whole.
 
-    n_cur, n_prop: the position law's normalizers W(x), W(x') (`_choice_mass`; the lengths |x|, |x'|
-    for the uniform rule). The chosen position's own weight is the same in x and x', so
-    log n_cur - log n_prop = log P(i | x') - log P(i | x), the position-choice term.
+    n_cur, n_prop: 1 / P(i | x) and 1 / P(i | x'), the inverse chances of choosing the position i
+    from each state (`_inverse_chance`: |x|, |x'| for the uniform rule; inf when x' cannot choose i,
+    which rejects), so log n_cur - log n_prop = log P(i | x') - log P(i | x), the position-choice term.
     """
     return (alpha * (math.fsum(prop_logp) - math.fsum(cur_logp)) + (math.fsum(cur_logq) - math.fsum(prop_logq))
             + math.log(n_cur) - math.log(n_prop))
 
 
-def _position_weights(entropy: list[float]) -> list[float]:
-    """Entropy rule: unnormalized chance w_j of resampling from position j, given the state's entropies.
+def _position_weights(position: str, entropy: list[float]) -> list[float]:
+    """Unnormalized chances w_j of resampling from position j (P(j | x) = w_j / sum w), given the state's entropies.
 
-    H_j (`entropy[j]`) is the entropy of p(. | c, x[:j]), the distribution token j was drawn from,
-    and H_{-1} = H_0. w_j = ENTROPY_FLOOR + max(0, H_j - H_{j-1}): positions where the base model's
-    uncertainty jumps up (decision points) are picked most; the floor keeps every position possible.
-    w_j depends on x[:j] only.
+    H_j (`entropy[j]`) is the entropy of p(. | c, x[:j]), the distribution token j was drawn from, so
+    w_j depends on x[:j] only. uniform: w = 1. entropy (sharpen's variant): ENTROPY_FLOOR + max(0, H_j -
+    H_{j-1}) with H_{-1} = H_0. entropy_cut (decision points): max(0, H_j - H_{j-1})^CUT_POWER with
+    H_{-1} = 0, and w = 1 everywhere when that is 0 everywhere (no entropy rise).
+
+    >>> _position_weights("entropy_cut", [0.5, 0.2, 1.2]), _position_weights("entropy_cut", [0.0, 0.0])
+    ([0.0625, 0.0, 1.0], [1.0, 1.0])
     """
-    return [ENTROPY_FLOOR + max(0.0, h - prev) for prev, h in zip(entropy[:1] + entropy[:-1], entropy)]
+    if position == "uniform":
+        return [1.0] * len(entropy)
+    if position == "entropy":
+        return [ENTROPY_FLOOR + max(0.0, h - prev) for prev, h in zip(entropy[:1] + entropy[:-1], entropy)]
+    weights = [max(0.0, h - prev) ** CUT_POWER for prev, h in zip([0.0] + entropy[:-1], entropy)]
+    return weights if any(w > 0 for w in weights) else [1.0] * len(entropy)
 
 
-def _choice_mass(position: str, entropy: list[float]) -> float:
-    """W(x): the normalizer of the position law, P(i | x) = w_i / W(x) (uniform: w = 1, W = |x|)."""
-    return len(entropy) if position == "uniform" else math.fsum(_position_weights(entropy))
+def _inverse_chance(position: str, entropy: list[float], i: int) -> float:
+    """1 / P(i | x) for the state whose entropies are `entropy`: W(x) / w_i (|x| for uniform), inf if w_i = 0."""
+    if position == "uniform":
+        return len(entropy)
+    weights = _position_weights(position, entropy)
+    return math.fsum(weights) / weights[i] if weights[i] > 0 else math.inf
 
 
 class _Chain:
@@ -176,8 +219,9 @@ class _Chain:
     """
 
     def __init__(self, index: int, prompt: list[int], seed: int, cfg: PowerSamplingConfig, eos: set[int],
-                 budget: int, init: list[int] | None = None):
+                 budget: int, init: list[int] | None = None, growth: str = "proposal"):
         self.index, self.prompt, self.cfg, self.eos = index, prompt, cfg, eos
+        self.growth = growth  # what grows each block: "proposal" (q) or "base" (p on q's support)
         self.generator = make_generator(seed)
         self.ends = [min(k * cfg.block_size, budget) for k in range(1, -(-budget // cfg.block_size) + 1)]
         self.block = 0
@@ -187,7 +231,7 @@ class _Chain:
         self.tokens: list[int] = []
         self.logp: list[float] = []
         self.logq: list[float] = []
-        # Entropy of p at each token's prefix (computed for position="entropy" only, 0.0 otherwise)
+        # Entropy of p at each token's prefix (computed for the entropy rules only, 0.0 otherwise)
         self.ent: list[float] = []
         self.phase = "grow"  # grow: the block still has to grow the state; mh: its MH steps are running
         self.mh_left = 0
@@ -205,6 +249,11 @@ class _Chain:
     @property
     def target(self) -> int:
         return self.ends[self.block]
+
+    @property
+    def draws_from_base(self) -> bool:
+        """The running operation draws its tokens from the base model (a block's growth under init "base")."""
+        return self.op == "grow" and self.growth == "base"
 
     def ended(self) -> bool:
         return bool(self.tokens) and self.tokens[-1] in self.eos
@@ -233,7 +282,7 @@ class _Chain:
         """Draw the MH step's position i from P(i | x): one draw from the chain's generator."""
         if self.cfg.position == "uniform":
             return int(torch.randint(len(self.tokens), (), generator=self.generator))
-        cumulative = list(itertools.accumulate(_position_weights(self.ent)))
+        cumulative = list(itertools.accumulate(_position_weights(self.cfg.position, self.ent)))
         u = float(torch.rand((), generator=self.generator, dtype=torch.float64))
         return min(bisect.bisect_right(cumulative, u * cumulative[-1]), len(cumulative) - 1)
 
@@ -263,8 +312,8 @@ class _Chain:
         else:
             # P(i | x') uses x' = x[:i] + proposal: the shared prefix's entropies and the proposal's own.
             log_a = _log_accept_ratio(self.cfg.alpha, self.logp[i:], self.logq[i:], self.plogp, self.plogq,
-                                      _choice_mass(self.cfg.position, self.ent),
-                                      _choice_mass(self.cfg.position, self.ent[:i] + self.pent))
+                                      _inverse_chance(self.cfg.position, self.ent, i),
+                                      _inverse_chance(self.cfg.position, self.ent[:i] + self.pent, i))
             u = float(torch.rand((), generator=self.generator, dtype=torch.float64))
             accept = u == 0.0 or math.log(u) < log_a
             self.stats["proposals"] += 1
@@ -280,31 +329,50 @@ class _Chain:
     def result(self) -> SampleResult:
         stats = dict(self.stats)
         stats["acceptance_rate"] = stats["accepted"] / stats["proposals"] if stats["proposals"] else None
-        return SampleResult(list(self.tokens), list(self.logp), "eos" if self.ended() else "length", stats)
+        return SampleResult(list(self.tokens), list(self.logp), "eos" if self.ended() else "length", stats,
+                            fields={"init": self.growth})
 
 
 @torch.no_grad()
 def power_sample(model, prompts: list[list[int]], cfg: PowerSamplingConfig | None = None, *, seed: int = 0,
-                 seeds: list[int] | None = None,
-                 on_result: Callable[[int, SampleResult], None] | None = None) -> list[SampleResult]:
+                 seeds: list[int] | None = None, on_result: Callable[[int, SampleResult], None] | None = None,
+                 sample_indices: list[int] | None = None) -> list[SampleResult]:
     """Run one power-MH chain per prompt (a list of token ids); return each chain's final state.
 
     Chain i draws from its own generator seeded with `seeds[i]` (default derive_seed(seed, i)).
-    `on_result(i, result)` is called as soon as chain i finishes.
+    `on_result(i, result)` is called as soon as chain i finishes. `sample_indices[i]`: chain i's
+    index among its problem's samples (default i), which picks its start under init="both".
     """
-    return _run(model, prompts, cfg or PowerSamplingConfig(), seed=seed, seeds=seeds, on_result=on_result)
+    return _run(model, prompts, cfg or PowerSamplingConfig(), seed=seed, seeds=seeds, on_result=on_result,
+                sample_indices=sample_indices)
 
 
-def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None) -> list[SampleResult]:
+def chain_start(cfg: PowerSamplingConfig, sample_index: int) -> str:
+    """What grows chain `sample_index`'s blocks: "proposal" or "base" (init "both": even / odd index).
+
+    >>> [chain_start(PowerSamplingConfig(init="both"), i) for i in range(3)]
+    ['proposal', 'base', 'proposal']
+    """
+    if cfg.init != "both":
+        return cfg.init
+    return "proposal" if sample_index % 2 == 0 else "base"
+
+
+def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None,
+         sample_indices=None) -> list[SampleResult]:
     """power_sample, plus `init`: per-chain initial states (used by the exactness tests)."""
     seeds = row_seeds(seed, seeds, len(prompts))
     if init is not None and len(init) != len(prompts):
         raise ValueError(f"init has {len(init)} entries for {len(prompts)} prompts")
+    if sample_indices is None:
+        sample_indices = range(len(prompts))
+    elif len(sample_indices) != len(prompts):
+        raise ValueError(f"sample_indices has {len(sample_indices)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
     eos = set(eos_token_ids(model))
     chains = [_Chain(i, list(p), seeds[i], cfg, eos,
                      cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)),
-                     init[i] if init is not None else None)
+                     init[i] if init is not None else None, chain_start(cfg, sample_indices[i]))
               for i, p in enumerate(prompts)]
     results: list[SampleResult | None] = [None] * len(prompts)
     clock = TimeShare()  # each chain's stats["wall_seconds"]: its share of the time of the steps it took part in
@@ -323,8 +391,8 @@ def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None) 
 
 
 def _entropies(logits: torch.Tensor, cfg: PowerSamplingConfig) -> list[float]:
-    """(B, V) raw logits -> entropy of p (temperature 1, nats) per row for the entropy rule; zeros otherwise."""
-    if cfg.position != "entropy":
+    """(B, V) raw logits -> entropy of p (temperature 1, nats) per row for the entropy rules; zeros otherwise."""
+    if cfg.position == "uniform":
         return [0.0] * logits.shape[0]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return (-torch.where(logp > -math.inf, logp.exp() * logp, 0.0).sum(-1)).tolist()
@@ -341,10 +409,23 @@ def _score(logits: torch.Tensor, tokens: list[int], cfg: PowerSamplingConfig):
 
 
 def _draw(logits: torch.Tensor, chains: list[_Chain], cfg: PowerSamplingConfig):
-    """Draw one token per chain from (B, V) logits: (tokens, log p, log q, entropy of p), lists of B."""
-    tokens, log_q, log_p = draw_tokens(logits, [c.generator for c in chains], cfg.proposal_temperature,
-                                       cfg.top_k, cfg.top_p)
-    return tokens.tolist(), log_p.tolist(), log_q.tolist(), _entropies(logits, cfg)
+    """Draw one token per chain from (B, V) logits: (tokens, log p, log q, entropy of p), lists of B.
+
+    A chain growing from the base model draws from p renormalised on q's support; log q is q's either way.
+    """
+    generators = [c.generator for c in chains]
+    base = [b for b, c in enumerate(chains) if c.draws_from_base]
+    if not base:
+        tokens, log_q, log_p = draw_tokens(logits, generators, cfg.proposal_temperature, cfg.top_k, cfg.top_p)
+        return tokens.tolist(), log_p.tolist(), log_q.tolist(), _entropies(logits, cfg)
+    log_q_all = proposal_logprobs(logits, cfg.proposal_temperature, cfg.top_k, cfg.top_p)  # (B, V)
+    log_p_all = torch.log_softmax(logits.float(), dim=-1)
+    rows = torch.tensor(base, device=logits.device)
+    drawn_from = log_q_all.clone()
+    drawn_from[rows] = torch.log_softmax(log_p_all[rows].masked_fill(log_q_all[rows] == -math.inf, -math.inf), -1)
+    tokens = draw_from_logprobs(drawn_from, generators)[:, None]
+    return (tokens.squeeze(-1).tolist(), log_p_all.gather(-1, tokens).squeeze(-1).tolist(),
+            log_q_all.gather(-1, tokens).squeeze(-1).tolist(), _entropies(logits, cfg))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,14 +36,22 @@ shorter future, and the last token (no future left) is drawn from p^alpha over t
 which is exact. With block_size >= max_new_tokens both are the full look-ahead.
 
 What it approximates, for finite settings:
-- the candidate cut: p^alpha restricted, token by token, to the K most likely tokens (exact when
-  K >= vocabulary size);
+- the candidate cut: each token is drawn from p^alpha's own next-token law, whose zeta sums over
+  every future (rollouts draw from the whole vocabulary), renormalised over the K candidates. The
+  product of these cut conditionals is not p^alpha restricted to the completions made of top-K
+  tokens (that law would weigh each candidate by its top-K futures only); it is exact when K >=
+  vocabulary size;
 - finite rollouts: p_jk is a ratio estimate; the jackknife leaves an O(1/M^2) bias in the token
   law (and clipping a little more); it vanishes as M grows;
 - a horizon shorter than the rest of the completion: zeta is replaced by the sum of p^alpha over
-  futures cut at the horizon, so the sampler targets a myopic law (the per-token rule above with that
-  zeta), not p^alpha. The fixed-block horizon is the worse of the two: on the enumerated test model
-  its exact law (infinite rollouts) with blocks of 2 is farther from p^4 than low temperature is.
+  futures cut at the horizon, so the sampler targets a short-sighted law (the per-token rule above
+  with that zeta), not p^alpha. No look-ahead at all (horizon="block", block_size=1: zeta = 1) is
+  token-level low temperature over the candidates, and the default sliding horizon weighs each
+  candidate by at most 16 tokens of its future, however long the completion. The fixed-block
+  horizon is the worse of the two: on the enumerated test model its exact law (infinite rollouts)
+  with blocks of 2 is farther from p^4 than low temperature is. Each completion's
+  `stats["lookahead"]` is the mean look-ahead of its decisions (tokens a rollout may draw past the
+  candidate); sharpen.analysis.mixing compares it with the completions' length.
 With the full look-ahead, K = vocabulary and M -> infinity the output law is p^alpha
 (tests/test_sps.py checks the exact law, and the sampler against it, by enumeration).
 
@@ -52,8 +60,8 @@ rollouts of up to `block_size` tokens: about T * K * M * B tokens sampled for a 
 tokens with the sliding horizon of B (half that with fixed blocks); `stats` counts them all:
 sampled_tokens (the completion's tokens and every rollout token), forward_tokens (every token fed
 through the model: prompt, candidates, rollout tokens but each rollout's last), rollout_tokens,
-rollouts, decisions (tokens chosen, = len(token_ids)) and wall_seconds (this completion's share of
-each batched step's time, split by the rows it had in that step). The prompt + prefix is run once:
+rollouts, decisions (tokens chosen, = len(token_ids)), lookahead (above) and wall_seconds (this
+completion's share of each batched step's time, split by the rows it had in that step). The prompt + prefix is run once:
 candidates and rollouts start from copies of its KV cache rows (no prefix is recomputed; each copy
 is one read/write of the prefix cache), and the chosen candidate's row becomes the next prefix.
 Memory: up to batch_size * K * M rows of prompt + prefix + horizon KV entries at a time, so
@@ -155,6 +163,7 @@ class _Entry:
         self.logp: list[float] = []
         self.stats = {"sampled_tokens": 0, "forward_tokens": 0, "rollout_tokens": 0, "rollouts": 0, "decisions": 0,
                       "wall_seconds": 0.0}
+        self.lookahead = 0  # summed over decisions: tokens a rollout may draw past the candidate
 
     def horizon_end(self, cfg: SPSConfig) -> int:
         """Completion length at which the rollouts of the current decision stop."""
@@ -164,7 +173,8 @@ class _Entry:
 
     def result(self, eos: set[int]) -> SampleResult:
         ended = bool(self.tokens) and self.tokens[-1] in eos
-        return SampleResult(list(self.tokens), list(self.logp), "eos" if ended else "length", dict(self.stats))
+        stats = dict(self.stats, lookahead=self.lookahead / max(self.stats["decisions"], 1))
+        return SampleResult(list(self.tokens), list(self.logp), "eos" if ended else "length", stats)
 
 
 @torch.no_grad()
@@ -248,6 +258,8 @@ def _run_batch(model, entries: list[_Entry], cfg: SPSConfig, eos: set[int], cloc
         k_count = cand.shape[1]
         # Candidate rows: every non-EOS candidate of an entry with room for a token after it.
         room = torch.tensor([len(e.tokens) + 1 < e.budget for e in active], device=device)
+        for e in active:
+            e.lookahead += e.horizon_end(cfg) - len(e.tokens) - 1
         expand = ~torch.isin(cand, eos_list) & room[:, None]  # (B, K)
         rows_b, rows_k = expand.nonzero(as_tuple=True)  # grouped by entry, candidates in rank order
         log_w = torch.zeros((b_count, k_count, cfg.num_rollouts), dtype=torch.float64, device=device)

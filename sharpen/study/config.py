@@ -28,7 +28,9 @@ numbers: top-k 50 on every method whose settings have `top_k` (transformers 4.47
 default, which the reference's base, low-temperature and MH proposals all sampled under), the
 task's reference prompt where it has one (math500 and math: the reference's literal text with
 `\\boxed{{}}`), and on math tasks `grpo.chat: true` (the RL checkpoint prompted through its chat
-template, as the reference's format_prompt does; on HumanEval and GPQA it prompts every model raw).
+template, as the reference's format_prompt does; on HumanEval and GPQA it prompts every model raw),
+and each method's paper settings where sharpen's defaults differ (Method.paper_settings: e.g. power_mh's
+proposal temperature 1/alpha and stop_on_eos, chosen by the paper but slow to reach p^alpha).
 Each setting can still be overridden in a section or an instance; records carry `profile`.
 """
 
@@ -203,8 +205,12 @@ class StudyConfig:
         values = {k: getattr(self, k) for k in SHARED_SETTINGS if k in accepted}
         if self.profile == "reference" and "top_k" in accepted:
             values["top_k"] = REFERENCE_TOP_K
-        values |= self.sections.get(kind, {})
-        values |= {k: _check_type(v, _hints(method.settings)[k], f"{where}.{k}") for k, v in entry.items()}
+        given = self.sections.get(kind, {}) | {k: _check_type(v, _hints(method.settings)[k], f"{where}.{k}")
+                                               for k, v in entry.items()}
+        if self.profile == "reference":  # the paper's settings where sharpen's defaults differ
+            paper = method.paper_settings(values | given)
+            values |= {k: v for k, v in paper.items() if k not in given}
+        values |= given
         try:
             settings = method.settings(**values)
         except (TypeError, ValueError) as err:

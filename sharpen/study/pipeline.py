@@ -115,6 +115,18 @@ def _with_method_defaults(identity: dict) -> dict:
     return identity
 
 
+def identity_changes(saved: dict, mine: dict) -> list[str]:
+    """What differs between a saved study identity and this one, as the keys that changed; adding method
+    instances is not a change (the study samples the new ones and keeps the rest), while changing or
+    dropping a saved instance is (its records would no longer match the config)."""
+    changed = sorted(k for k in set(saved) | set(mine) if k != "instances" and saved.get(k) != mine.get(k))
+    mine_instances = {inst.get("name"): inst for inst in mine.get("instances") or []}
+    for inst in saved.get("instances") or []:
+        if mine_instances.get(inst.get("name")) != inst:
+            changed.append(f"instances.{inst.get('name')}")
+    return changed
+
+
 def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     """Refuse a directory holding another study (unless overwrite); record this study's config.
 
@@ -125,8 +137,7 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
         saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
-        mine = config.identity()
-        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        diff = identity_changes(saved, config.identity())
         if diff and _has_finished_work(run_dir) and not overwrite:
             raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
                              f"use another output_dir, or --overwrite to delete it")

@@ -171,6 +171,10 @@ def make_record(args: SampleRunArgs, method, settings, task, tokenizer, problem:
     }
     if verdicts:
         record["verdicts"] = verdicts
+    taken = sorted(set(result.fields) & set(record))
+    if taken:
+        raise ValueError(f"method {args.name} gives record fields that sharpen writes itself: {', '.join(taken)}")
+    record.update(result.fields)
     return record
 
 
@@ -310,7 +314,9 @@ def _sample_and_write(args, method, settings, task, tokenizer, model, problems, 
                 bar.set_postfix(postfix, refresh=False)  # a refresh per record floods non-terminal logs
                 pending = time.perf_counter() - written_from
 
-            method.run(model, [prompt_ids[i] for i, _ in chunk], settings, seeds=seeds, on_result=on_result)
+            by_index = {"sample_indices": [s for _, s in chunk]} if method.takes_sample_index else {}
+            method.run(model, [prompt_ids[i] for i, _ in chunk], settings, seeds=seeds, on_result=on_result,
+                       **by_index)
     finally:
         bar.close()  # its line ends before any error message
 
