@@ -209,8 +209,11 @@ def test_the_ends_of_the_ranges_are_accepted():
     from sharpen.sampling import PowerSamplingConfig, SMCConfig, SPSConfig
     from sharpen.sampling.methods import LowTempConfig
 
-    assert PowerSamplingConfig(alpha=100.0).proposal_temperature == 0.01
-    assert SMCConfig(alpha=0.01).proposal_temperature == 100.0
+    assert PowerSamplingConfig(alpha=100.0, proposal_temperature=0.01).proposal_temperature == 0.01
+    assert SMCConfig(alpha=0.01, proposal_temperature=100.0).proposal_temperature == 100.0
+    # the default proposal, 1/sqrt(alpha), stays inside the range at both ends of alpha's
+    assert PowerSamplingConfig(alpha=100.0).proposal_temperature == pytest.approx(0.1)
+    assert SMCConfig(alpha=0.01).proposal_temperature == pytest.approx(10.0)
     assert LowTempConfig(alpha=0.01).temperature == 100.0 and SPSConfig(alpha=100).alpha == 100
     with pytest.raises(ValueError, match=r"alpha must be a number in \[0.01, 100\]"):
         LowTempConfig(alpha=100.5)

@@ -17,7 +17,7 @@ import torch
 
 from conftest import tiny_llama
 from sharpen.cli import main
-from sharpen.sampling import PowerSamplingConfig, derive_seed, power_sample, sample
+from sharpen.sampling import PowerSamplingConfig, derive_seed, get_method, power_sample, sample
 from sharpen.sampling import power as power_module
 
 EOS = 1
@@ -36,12 +36,15 @@ def model():
     return tiny_llama(vocab_size=12, logit_scale=3.0)
 
 
-def test_defaults_are_the_papers():
+def test_defaults_reach_the_target_and_the_papers_are_its_reference_settings():
     cfg = PowerSamplingConfig()
     assert (cfg.alpha, cfg.block_size, cfg.mcmc_steps, cfg.max_new_tokens) == (4.0, 192, 10, 3072)
-    assert cfg.proposal_temperature == 0.25 and cfg.top_k is None and cfg.top_p is None
-    assert cfg.stop_on_eos is True and cfg.implementation == "batched"
-    assert PowerSamplingConfig(alpha=2.0).proposal_temperature == 0.5
+    assert cfg.proposal_temperature == 0.5 and cfg.top_k is None and cfg.top_p is None  # 1/sqrt(alpha)
+    assert cfg.stop_on_eos is False and cfg.implementation == "batched"
+    assert PowerSamplingConfig(alpha=2.0).proposal_temperature == pytest.approx(2 ** -0.5)
+    # the paper's Algorithm 1, which `profile: reference` applies where a study leaves them unset
+    paper = get_method("power_mh").paper_settings({"alpha": 2.0})
+    assert paper == {"proposal_temperature": 0.5, "stop_on_eos": True}
 
 
 @pytest.mark.parametrize("field,value,accepted", [
@@ -161,7 +164,7 @@ def test_block_schedule(model, block_size):
     exact = power_sample(model, PROMPTS * 2, small(block_size=block_size, stop_on_eos=False), seed=4)
     # stop_on_eos=False: a chain that ended in EOS keeps taking the later blocks' steps
     assert all(r.stats["proposals"] == 3 * blocks for r in exact)
-    paper = power_sample(model, PROMPTS * 2, small(block_size=block_size), seed=4)
+    paper = power_sample(model, PROMPTS * 2, small(block_size=block_size, stop_on_eos=True), seed=4)
     for r in paper:  # stop_on_eos=True: a chain stops after the block in which its state ended in EOS
         ran = r.stats["proposals"] // 3
         assert r.stats["proposals"] % 3 == 0 and math.ceil(len(r.token_ids) / block_size) <= ran <= blocks
@@ -217,9 +220,12 @@ def test_cli_power_mh_end_to_end_and_resume(tiny_checkpoint, tmp_path, capsys):
         assert cost["proposals"] == 2 * math.ceil(8 / 3) or r["finish_reason"] == "eos"
         assert cost["acceptance_rate"] == pytest.approx(cost["accepted"] / cost["proposals"])
         assert cost["sampled_tokens"] >= r["num_tokens"] and cost["forward_tokens"] > 0
-        assert r["temperature"] == 0.5 and len(r["token_logprobs"]) == r["num_tokens"]
+        # the default proposal, 1/sqrt(alpha); chains run on after EOS (stop_on_eos false by default)
+        assert r["temperature"] == pytest.approx(2 ** -0.5) and len(r["token_logprobs"]) == r["num_tokens"]
+        assert cost["proposals"] == 2 * math.ceil(8 / 3)
     saved = json.loads((out / "samples" / "power_mh.config.json").read_text())["identity"]["settings"]
-    assert (saved["block_size"], saved["mcmc_steps"], saved["proposal_temperature"]) == (3, 2, 0.5)
+    assert (saved["block_size"], saved["mcmc_steps"], saved["stop_on_eos"]) == (3, 2, False)
+    assert saved["proposal_temperature"] == pytest.approx(2 ** -0.5)
 
     # Resume: the lost records come back identical (seeds derive from problem and sample index).
     path.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))

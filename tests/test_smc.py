@@ -59,7 +59,7 @@ import torch
 from conftest import tiny_llama
 from test_power_exactness import (EOS, PROMPT, T, VOCAB, chi_square, completions, conditionals_of, detectable_tv,
                                   make_model, per_token, tables, target)
-from sharpen.sampling import sample
+from sharpen.sampling import get_method, sample
 from sharpen.sampling import smc
 from sharpen.sampling.draw import derive_seed
 from sharpen.sampling.smc import SMCConfig, smc_sample
@@ -67,8 +67,10 @@ from sharpen.sampling.smc import SMCConfig, smc_sample
 RUNS = 2000
 PASS, FAIL = 1e-3, 1e-12
 TWO_PROMPTS = [PROMPT, [3]]  # a one-token prompt has nothing to prefill
-DEFAULT = dict(alpha=2.0)
-HEAVY = dict(alpha=2.0, proposal_temperature=1.0, ess_threshold=1.0, ramp_tokens=8)
+# The ESS checked at every token (resample_every=1, not the default 64): these settings exercise the
+# resampling machinery, which the tests check for exactness.
+DEFAULT = dict(alpha=2.0, proposal_temperature=0.5, resample_every=1)
+HEAVY = dict(alpha=2.0, proposal_temperature=1.0, ess_threshold=1.0, ramp_tokens=8, resample_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,10 @@ def logprob_errors(model, results, prompts=(PROMPT,)) -> list[float]:
 
 def test_settings_are_validated_with_one_line_messages():
     cfg = SMCConfig(alpha=2.0)
-    assert cfg.proposal_temperature == 0.5 and cfg.num_particles == 64 and cfg.batch_size == 64
+    assert cfg.proposal_temperature == pytest.approx(2 ** -0.5) and cfg.num_particles == 64 and cfg.batch_size == 64
+    assert cfg.resample_every == 64 and cfg.ramp_tokens == 0
+    # the authors' settings, which `profile: reference` applies where a study leaves them unset
+    assert get_method("power_smc").paper_settings({"alpha": 2.0}) == {"proposal_temperature": 0.5, "ramp_tokens": 400}
     assert SMCConfig(alpha=2.0, ess_threshold=0).ess_threshold == 0 and SMCConfig(ess_threshold=1).ess_threshold == 1
     bad = [(dict(alpha=0.0), r"alpha must be a number in \[0.01, 100\], got 0.0"),
            (dict(alpha=-1.0), r"alpha must be a number in \[0.01, 100\], got -1.0"),
@@ -180,7 +185,7 @@ def test_bad_prompts_seeds_and_sliding_window_models_are_refused(model):
 
 
 def test_256_particles_target_p_alpha_and_one_particle_does_not(model, runs):
-    """Default settings (alpha 2, T 1/2, ESS threshold 0.5): 256 particles pass, the proposal alone fails.
+    """Alpha 2, T 1/2, ESS threshold 0.5 checked at every token: 256 particles pass, the proposal alone fails.
 
     Detects TV >= 0.077 at p < 1e-3 (2000 runs, 27 cells).
     """
@@ -198,7 +203,8 @@ def test_256_particles_target_p_alpha_and_one_particle_does_not(model, runs):
 def test_one_particle_is_plain_sampling_from_the_proposal(model):
     """N = 1: the same tokens and log-probs as sampling.sample at the proposal temperature, same seeds."""
     seeds = [derive_seed(5, j) for j in range(200)]
-    ours = smc_sample(model, [PROMPT] * 200, SMCConfig(alpha=2.0, num_particles=1, max_new_tokens=T), seeds=seeds)
+    ours = smc_sample(model, [PROMPT] * 200, SMCConfig(alpha=2.0, num_particles=1, max_new_tokens=T,
+                                                                proposal_temperature=0.5), seeds=seeds)
     plain = sample(model, [PROMPT] * 200, temperature=0.5, max_new_tokens=T, seeds=seeds)
     assert finals(ours) == finals(plain)
     # The same tokens exactly; log-probs to float32 rounding (the two batch their rows differently).
@@ -233,7 +239,7 @@ def test_importance_resampling_without_resampling_steps(model, runs):
 
 
 def test_bias_at_4_particles_is_visible_and_gone_at_256(model, runs):
-    """TV from p^2 falls from ~0.17 (4 particles) to the noise floor (~0.03) at 256 (default settings)."""
+    """TV from p^2 falls from ~0.17 (4 particles) to the noise floor (~0.03) at 256 (alpha 2, T 1/2, ESS checked at every token)."""
     tv4 = check(model, runs(RUNS, 4, **DEFAULT), 2.0)[1]
     tv256 = check(model, runs(RUNS, 256, **DEFAULT), 2.0)[1]
     assert tv4 > tv256 + 0.08, (tv4, tv256)
@@ -289,7 +295,7 @@ MIXED = [PROMPT, [3], [2, 0, 3, 3], [3, 2] * 14 + [0]]  # the 29-token prompt le
 
 def mixed_run(model, batch_size, seed=0, **spy):
     cfg = SMCConfig(alpha=2.0, num_particles=8, max_new_tokens=6, proposal_temperature=1.0, ess_threshold=0.9,
-                    ramp_tokens=3, batch_size=batch_size)
+                    ramp_tokens=3, batch_size=batch_size, resample_every=1)
     seen = []
     results = smc_sample(model, [MIXED[j % 4] for j in range(24)], cfg, seed=seed,
                          on_result=lambda i, r: seen.append((i, r)))
@@ -339,7 +345,7 @@ def test_seeds_make_runs_deterministic(model):
     seeds = [derive_seed(0, j) for j in range(24)]
     explicit = smc_sample(model, [MIXED[j % 4] for j in range(24)],
                           SMCConfig(alpha=2.0, num_particles=8, max_new_tokens=6, proposal_temperature=1.0,
-                                    ess_threshold=0.9, ramp_tokens=3, batch_size=20), seeds=seeds)
+                                    ess_threshold=0.9, ramp_tokens=3, batch_size=20, resample_every=1), seeds=seeds)
     assert finals(explicit) == finals(first)
 
 
@@ -366,10 +372,10 @@ def test_forward_tokens_are_about_n_times_plain_decoding():
 
 BIAS_SETTINGS = {
     "T 1/2, ESS 0.5": DEFAULT,
-    "T 1/2, ESS 0.5, ramp 4": dict(alpha=2.0, ramp_tokens=4),
-    "T 1, ESS 0.5": dict(alpha=2.0, proposal_temperature=1.0),
-    "T 1, ESS 1": dict(alpha=2.0, proposal_temperature=1.0, ess_threshold=1.0),
-    "T 1, ESS 1, ramp 4": dict(alpha=2.0, proposal_temperature=1.0, ess_threshold=1.0, ramp_tokens=4),
+    "T 1/2, ESS 0.5, ramp 4": DEFAULT | dict(ramp_tokens=4),
+    "T 1, ESS 0.5": DEFAULT | dict(proposal_temperature=1.0),
+    "T 1, ESS 1": DEFAULT | dict(proposal_temperature=1.0, ess_threshold=1.0),
+    "T 1, ESS 1, ramp 4": DEFAULT | dict(proposal_temperature=1.0, ess_threshold=1.0, ramp_tokens=4),
 }
 
 
@@ -397,11 +403,12 @@ def test_alpha_4_at_the_papers_temperature():
     """alpha 4, proposal temperature 1/4, on the model whose p^4 sits on 4 completions of 3 lengths."""
     model = tiny_llama(vocab_size=VOCAB, eos_token_id=EOS, seed=123, logit_scale=16.0, hidden_size=16,
                        max_position_embeddings=32)
-    results = run_smc(model, 3000, 256, alpha=4.0)
+    paper = dict(alpha=4.0, proposal_temperature=0.25, resample_every=1)
+    results = run_smc(model, 3000, 256, **paper)
     p_value, tv = check(model, results, 4.0)
     assert p_value > PASS, f"p={p_value:.2e}, TV={tv:.3f}"
     assert_z_unbiased(model, results, 4.0)
-    assert check(model, run_smc(model, 3000, 1, alpha=4.0), 4.0)[0] < FAIL
+    assert check(model, run_smc(model, 3000, 1, **paper), 4.0)[0] < FAIL
 
 
 @pytest.mark.slow
@@ -409,7 +416,7 @@ def test_top_k_targets_p_alpha_on_the_proposals_support():
     """top-k 2 at temperature 1/2: the outputs follow p^2 restricted to the completions q can produce."""
     model = tiny_llama(vocab_size=VOCAB, eos_token_id=EOS, seed=57, logit_scale=12.0, hidden_size=16,
                        max_position_embeddings=32)
-    results = run_smc(model, RUNS, 256, alpha=2.0, top_k=2)
+    results = run_smc(model, RUNS, 256, **DEFAULT, top_k=2)
     support = set(completions(T, tables(conditionals_of(model), 0.5, 2)[1]))
     assert set(finals(results)) <= support
     p_value, tv = check(model, results, 2.0, temperature=0.5, top_k=2)

@@ -51,7 +51,7 @@ import torch
 from scipy.special import logsumexp, softmax
 
 from conftest import tiny_llama
-from sharpen.sampling import derive_seed, sps
+from sharpen.sampling import derive_seed, get_method, sps
 from sharpen.sampling.sps import SPSConfig, decision_probs, sps_sample
 from test_power_exactness import (EOS, PROMPT, T, VOCAB, chi_square, completions, conditionals_of, detectable_tv,
                                   finals, target)
@@ -417,5 +417,7 @@ def test_sliding_window_models_are_refused():
 def test_defaults():
     cfg = SPSConfig()
     assert (cfg.alpha, cfg.max_new_tokens, cfg.num_candidates, cfg.num_rollouts, cfg.block_size, cfg.horizon) == (
-        4.0, 512, 8, 8, 16, "sliding")
+        4.0, 512, 8, 8, 512, "sliding")  # the full look-ahead: block_size None resolves to max_new_tokens
+    assert SPSConfig(max_new_tokens=40).block_size == 40
+    assert get_method("power_sps").paper_settings({}) == {"block_size": 16}  # the paper's truncated horizon
     assert replace(cfg, alpha=2.0).alpha == 2.0

@@ -15,6 +15,8 @@
     equal_compute.py majority vote / pass@k of base and low_temp at the k that costs what a sampler costs
     entropy.py       token and answer entropy of each method's own samples; support retention vs base
     target.py        a weighted method's (power_is) estimate of p^alpha, ESS; did each sampler reach p^alpha?
+    mixing.py        convergence diagnostics: power_mh's two starts (permutation tests, R-hat), SMC's ESS
+                     and log Z spread, SPS's look-ahead against completion length
     plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
     report.py     report.md
     wandb_log.py  one wandb run per method instance (same keys, settings as config) and the analysis run

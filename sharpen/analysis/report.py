@@ -689,9 +689,9 @@ def provenance(metrics: dict, ctx: ReportContext) -> str:
     out.append(_table(["name", "code", "sampling sessions", "grader version", "model revision"], rows))
     unsandboxed = [name for name, f in metrics["files"].items() if "sandbox=unsandboxed" in (f.get("grader_version") or "")]
     if unsandboxed:
-        out += ["", f"**Graded unsandboxed:** {', '.join(unsandboxed)}. bwrap was missing or could not create "
-                    "namespaces, so the programs ran under the process guard only (the verdict is still the "
-                    "tests', but the programs could reach the network and the user's files)."]
+        out += ["", f"**Graded unsandboxed:** {', '.join(unsandboxed)}. The run asked for `sandbox=none`, so the "
+                    "programs ran under the process guard only (resource limits, and Landlock where the kernel has "
+                    "it), not in bwrap: see README, \"The code grader sandbox\", for what that leaves open."]
     return "\n".join(out)
 
 

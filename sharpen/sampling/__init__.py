@@ -4,7 +4,7 @@ the method registry.
     models.py     load_model: a checkpoint directory, a Hub id, a LoRA adapter, or the built-in smollm2-135m
     draw.py       one decoding step: temperature / top-k / top-p, per-row generators, log q and log p; seeds
     generate.py   plain and low-temperature sampling, batched with a KV cache (sample, SampleResult)
-    power.py      power_mh: exact block Metropolis-Hastings on p^alpha, uniform or entropy positions
+    power.py      power_mh: exact block Metropolis-Hastings on p^alpha, positions uniform, at entropy rises (entropy_cut: decision-point MH) or sharpen's entropy variant
     smc.py        power_smc: sequential Monte Carlo over prefixes, resampling with the KV cache
     sps.py        power_sps: top-K candidates weighed by jackknifed look-ahead rollouts
     importance.py power_is: weighted plain decodes from tempered proposals, an importance sample of p^alpha

@@ -14,7 +14,7 @@ model's generation_config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from transformers import DynamicCache
@@ -90,25 +90,50 @@ def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
-    results: list[SampleResult | None] = [None] * len(prompts)
-    for start in range(0, len(prompts), batch_size):
-        index = list(range(start, min(start + batch_size, len(prompts))))
-        for i, result in _sample_batch(model, [prompts[i] for i in index], [seeds[i] for i in index],
-                                       temperature, top_k, top_p, max_new_tokens, limit):
+
+    def run_batch(index: list[int]):
+        generators = [make_generator(seeds[i]) for i in index]
+
+        def draw(logits, rows):
+            new_tokens, _, log_p = draw_tokens(logits, [generators[r] for r in rows], temperature, top_k, top_p)
+            return new_tokens, log_p
+        return decode_rows(model, [prompts[i] for i in index], token_budgets(prompts, index, max_new_tokens, limit),
+                           draw)
+    return run_in_batches(len(prompts), batch_size, run_batch, on_result)
+
+
+def run_in_batches(count: int, batch_size: int, run_batch: Callable[[list[int]], Iterator[tuple[int, SampleResult]]],
+                   on_result: Callable[[int, SampleResult], None] | None) -> list[SampleResult]:
+    """Results of entries 0..count-1, `batch_size` at a time: run_batch(index) yields (position in index,
+    result) as each row finishes, and on_result(entry, result) hears of it at once."""
+    results: list[SampleResult | None] = [None] * count
+    for start in range(0, count, batch_size):
+        index = list(range(start, min(start + batch_size, count)))
+        for i, result in run_batch(index):
             results[index[i]] = result
             if on_result is not None:
                 on_result(index[i], result)
     return results  # type: ignore[return-value]
 
 
-def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_tokens, limit):
-    """Yield (row, SampleResult) for one batch, each as soon as its row finishes."""
+def token_budgets(prompts: list[list[int]], index: list[int], max_new_tokens: int, limit: int | None) -> list[int]:
+    """Each entry's token budget: max_new_tokens, cut where the prompt would outgrow the context."""
+    return [max_new_tokens if limit is None else min(max_new_tokens, limit - len(prompts[i])) for i in index]
+
+
+def decode_rows(model, prompts: list[list[int]], budgets: list[int],
+                draw: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[int, SampleResult]]:
+    """Decode one batch token by token; yield (row, SampleResult) as each row finishes (EOS or its budget).
+
+    draw(logits, rows) returns the next token of each active row (logits: (b, V) at the last position, rows:
+    the batch rows they belong to, in order) and its log p at temperature 1. A sampler with its own proposal
+    (power_is) keeps its per-row state keyed by row. Finished rows leave the batch at once.
+    """
     clock = TimeShare()
     device = next(model.parameters()).device
     eos = set(eos_token_ids(model))
     pad_id = next(iter(eos), 0)
-    generators = [make_generator(s) for s in seeds]
-    budgets = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(p)) for p in prompts]
     tokens: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
 
@@ -119,8 +144,8 @@ def _sample_batch(model, prompts, seeds, temperature, top_k, top_p, max_new_toke
     active = list(range(len(prompts)))  # batch slot -> row
     next_pos = positions[:, -1] + 1
     while active:
-        new_tokens, _, log_p = draw_tokens(out.logits[:, -1, :], [generators[r] for r in active],
-                                           temperature, top_k, top_p)
+        new_tokens, log_p = draw(out.logits[:, -1, :], active)
+        log_p = log_p.cpu()
         clock.charge([walls[r] for r in active])  # this step (and the forward before it) served these rows
         keep_slots = []
         for slot, row in enumerate(active):

@@ -57,13 +57,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers import DynamicCache
 
 from .draw import TEMPERATURE_RANGE, check_alpha, check_in_range, check_integers, draw_from_logprobs, \
-    make_generator, proposal_logprobs, row_seeds
-from .generate import DEFAULT_BATCH_SIZE, SampleResult, check_prompts, left_pad
-from .models import cached_forward, eos_token_ids
-from .timeshare import TimeShare
+    default_proposal_temperature, make_generator, proposal_logprobs, row_seeds
+from .generate import DEFAULT_BATCH_SIZE, SampleResult, check_prompts, decode_rows, run_in_batches, token_budgets
 
 
 def default_temperatures(alpha: float) -> list[float]:
@@ -74,7 +71,7 @@ def default_temperatures(alpha: float) -> list[float]:
     >>> default_temperatures(1.0)
     [1.0]
     """
-    return sorted({1.0 / alpha, 1.0 / math.sqrt(alpha)})
+    return sorted({1.0 / alpha, default_proposal_temperature(alpha)})
 
 
 @dataclass
@@ -130,74 +127,38 @@ def importance_sample(model, prompts: list[list[int]], settings: ImportanceSampl
     if len(indices) != len(prompts):
         raise ValueError(f"sample_indices has {len(indices)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
-    results: list[SampleResult | None] = [None] * len(prompts)
-    for start in range(0, len(prompts), settings.batch_size):
-        index = list(range(start, min(start + settings.batch_size, len(prompts))))
-        for i, result in _sample_batch(model, [prompts[i] for i in index], [seeds[i] for i in index],
-                                       [indices[i] for i in index], settings, limit):
-            results[index[i]] = result
-            if on_result is not None:
-                on_result(index[i], result)
-    return results  # type: ignore[return-value]
+
+    def run_batch(index: list[int]):
+        return _weighted_batch(model, [prompts[i] for i in index], [seeds[i] for i in index],
+                               [indices[i] for i in index], settings,
+                               token_budgets(prompts, index, settings.max_new_tokens, limit))
+    return run_in_batches(len(prompts), settings.batch_size, run_batch, on_result)
 
 
-def _sample_batch(model, prompts, seeds, sample_indices, settings, limit):
-    """Yield (row, SampleResult) for one batch, each as soon as its row finishes (generate._sample_batch's loop)."""
-    clock = TimeShare()
+def _weighted_batch(model, prompts, seeds, sample_indices, settings, budgets):
+    """Yield (row, SampleResult) for one batch as each row finishes, its weight in result.fields.
+
+    Each row draws from its own proposal; every proposal's log q of the drawn token comes from the same
+    logits, summed per row for the mixture's density.
+    """
     device = next(model.parameters()).device
-    eos = set(eos_token_ids(model))
-    pad_id = next(iter(eos), 0)
     generators = [make_generator(s) for s in seeds]
     temperatures = settings.proposal_temperatures
     scale = torch.tensor(temperatures, dtype=torch.float32, device=device)[None, :, None]  # (1, M, 1)
     component = torch.tensor([s % len(temperatures) for s in sample_indices], device=device)  # (B,) m of each row
-    budgets = [settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - len(p))
-               for p in prompts]
-    tokens: list[list[int]] = [[] for _ in prompts]
-    logprobs: list[list[float]] = [[] for _ in prompts]
     log_q_sums = torch.zeros((len(prompts), len(temperatures)), dtype=torch.float64)  # (B, M) log q_m(prefix)
 
-    walls = [{"wall_seconds": 0.0} for _ in prompts]
-    ids, mask, positions = left_pad(prompts, pad_id, device)
-    cache = DynamicCache(config=model.config)
-    out = cached_forward(model, ids, mask, positions, cache, logits_to_keep=1)
-    active = list(range(len(prompts)))  # batch slot -> row
-    next_pos = positions[:, -1] + 1
-    while active:
-        logits = out.logits[:, -1, :].float()  # (b, V)
+    def draw(logits, rows):
+        logits = logits.float()  # (b, V)
         log_q_all = proposal_logprobs(logits[:, None, :], scale)  # (b, M, V): every proposal, same logits
-        slots = torch.arange(len(active), device=device)
-        new_tokens = draw_from_logprobs(log_q_all[slots, component], [generators[r] for r in active])  # own T_m
+        slots = torch.arange(len(rows), device=device)
+        new_tokens = draw_from_logprobs(log_q_all[slots, component[rows]], [generators[r] for r in rows])  # own T_m
         log_q = log_q_all.gather(-1, new_tokens[:, None, None].expand(-1, len(temperatures), 1)).squeeze(-1)
-        log_p = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens[:, None]).squeeze(-1)  # (b,) at T = 1
-        log_q, log_p = log_q.double().cpu(), log_p.cpu()
-        log_q_sums[active] += log_q
-        clock.charge([walls[r] for r in active])  # this step (and the forward before it) served these rows
-        keep_slots = []
-        for slot, row in enumerate(active):
-            token = int(new_tokens[slot])
-            tokens[row].append(token)
-            logprobs[row].append(float(log_p[slot]))
-            if token in eos or len(tokens[row]) >= budgets[row]:
-                log_p_x = torch.tensor(math.fsum(logprobs[row]), dtype=torch.float64)
-                weight = mixture_log_weight(settings.alpha, log_p_x, log_q_sums[row])
-                stats = {"sampled_tokens": len(tokens[row]),
-                         "forward_tokens": len(prompts[row]) + len(tokens[row]) - 1,
-                         "wall_seconds": walls[row]["wall_seconds"]}
-                fields = {"importance_log_weight": float(weight),
-                          "proposal_temperature": temperatures[sample_indices[row] % len(temperatures)]}
-                yield row, SampleResult(tokens[row], logprobs[row], "eos" if token in eos else "length", stats, fields)
-                clock.skip()  # the consumer's time between yields is not sampling time
-            else:
-                keep_slots.append(slot)
-        if not keep_slots:
-            break
-        if len(keep_slots) < len(active):
-            # Finished rows leave the batch: their cache rows would only cost compute.
-            keep = torch.tensor(keep_slots, device=device)
-            cache.batch_select_indices(keep)
-            mask, next_pos, new_tokens, component = mask[keep], next_pos[keep], new_tokens[keep], component[keep]
-            active = [active[s] for s in keep_slots]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-        out = cached_forward(model, new_tokens[:, None], mask, next_pos[:, None], cache)
-        next_pos = next_pos + 1
+        log_q_sums[rows] += log_q.double().cpu()
+        return new_tokens, torch.log_softmax(logits, dim=-1).gather(-1, new_tokens[:, None]).squeeze(-1)  # T = 1
+
+    for row, result in decode_rows(model, prompts, budgets, draw):
+        log_p_x = torch.tensor(math.fsum(result.logprobs), dtype=torch.float64)
+        result.fields = {"importance_log_weight": float(mixture_log_weight(settings.alpha, log_p_x, log_q_sums[row])),
+                         "proposal_temperature": temperatures[sample_indices[row] % len(temperatures)]}
+        yield row, result

@@ -303,7 +303,11 @@ _built_in(Method("power_mh", PowerSamplingConfig, _run_power,
                  "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
                  not_identity=("batch_size", "implementation"), takes_sample_index=True,
-                 check_model=lambda model: check_full_attention(model, "power_mh")))
+                 check_model=lambda model: check_full_attention(model, "power_mh"),
+                 # Algorithm 1 of the paper (and its code): proposals at 1/alpha, a chain stops after a block
+                 # that ends in EOS
+                 paper_settings=lambda values: {"proposal_temperature": 1.0 / values.get("alpha", 4.0),
+                                                "stop_on_eos": True}))
 _built_in(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl",
                  plain_decoding=True, proposal_logprobs=True))
 _built_in(Method("grpo_low_temp", LowTempConfig, _run_plain,
@@ -312,12 +316,16 @@ _built_in(Method("grpo_low_temp", LowTempConfig, _run_plain,
 _built_in(Method("power_smc", SMCConfig, _run_smc,
                  "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
-                 check_model=lambda model: check_full_attention(model, "power_smc")))
+                 check_model=lambda model: check_full_attention(model, "power_smc"),
+                 # the Power-SMC authors' code: proposals at 1/alpha, alpha ramped up over 400 tokens
+                 paper_settings=lambda values: {"proposal_temperature": 1.0 / values.get("alpha", 4.0),
+                                                "ramp_tokens": 400}))
 _built_in(Method("power_sps", SPSConfig, _run_sps,
                  "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
                  "p(x)^alpha (arXiv 2601.21590)",
                  temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
-                 check_model=lambda model: check_full_attention(model, "power_sps")))
+                 check_model=lambda model: check_full_attention(model, "power_sps"),
+                 paper_settings=lambda values: {"block_size": 16}))  # the paper's truncated look-ahead
 _built_in(Method("power_is", ImportanceSamplingConfig, importance_sample,
                  "importance sampling of p(x)^alpha: plain decodes from a mixture of tempered proposals, each "
                  "completion weighed by p^alpha / q_mix (self-normalised per problem by the analysis)",

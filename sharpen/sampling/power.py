@@ -110,6 +110,7 @@ from transformers import DynamicCache
 from .draw import (
     check_alpha,
     check_integers,
+    default_proposal_temperature,
     draw_from_logprobs,
     draw_tokens,
     make_generator,
@@ -130,20 +131,27 @@ INITS = ("proposal", "base", "both")
 
 @dataclass
 class PowerSamplingConfig:
-    """Settings of power-MH sampling; the defaults are the paper's Algorithm 1."""
+    """Settings of power-MH sampling.
+
+    The defaults are chosen to reach p^alpha (exact relaxation times on enumerable models, README
+    "Defaults that reach the target"): proposal temperature 1/sqrt(alpha) and chains that keep running
+    after EOS. The paper's Algorithm 1 (proposal 1/alpha, stop after a block that ends in EOS) is
+    `profile: reference` in a study, or those two settings given explicitly.
+    """
 
     alpha: float = field(default=4.0, metadata={"help": "Power of the target p(x)^alpha (0.01 to 100)."})
     block_size: int = field(default=192, metadata={"help": "Tokens added per block before its MH steps (>= 1)."})
     mcmc_steps: int = field(default=10, metadata={"help": "MH steps per block (>= 0)."})
     max_new_tokens: int = field(default=3072, metadata={"help": "Token budget of a completion (>= 1)."})
     proposal_temperature: float | None = field(
-        default=None, metadata={"help": "Temperature of the proposal q (0.01 to 100); None: 1/alpha, resolved when the "
-                                        "config is made (pass None again when changing alpha with replace())."})
+        default=None, metadata={"help": "Temperature of the proposal q (0.01 to 100); None: 1/sqrt(alpha) (the paper: "
+                                        "1/alpha), resolved when the config is made (pass None again when changing alpha with replace())."})
     top_k: int | None = field(default=None, metadata={"help": "Proposal keeps the k most likely tokens (None: off)."})
     top_p: float | None = field(default=None, metadata={"help": "Proposal nucleus mass in (0, 1] (None: off)."})
     stop_on_eos: bool = field(
-        default=True, metadata={"help": "Stop a chain after a block whose state ended in EOS (the paper); "
-                                        "False targets p^alpha exactly."})
+        default=False, metadata={"help": "Stop a chain after a block whose state ended in EOS (true: the paper, "
+                                         "which cuts the chain short of p^alpha); false (default) targets "
+                                         "p^alpha exactly."})
     implementation: str = field(
         default="batched", metadata={"help": "batched (prefix reuse, chains batched) or reference (one chain "
                                              "at a time, prefix re-run per proposal; for benchmarks)."})
@@ -162,7 +170,7 @@ class PowerSamplingConfig:
         check_alpha(self.alpha)
         check_integers(self, {"block_size": 1, "mcmc_steps": 0, "max_new_tokens": 1, "batch_size": 1})
         if self.proposal_temperature is None:
-            self.proposal_temperature = 1.0 / self.alpha
+            self.proposal_temperature = default_proposal_temperature(self.alpha)
         validate_processing(self.proposal_temperature, self.top_k, self.top_p, name="proposal_temperature")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got '{self.implementation}'")

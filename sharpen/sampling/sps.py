@@ -28,8 +28,9 @@ Algorithm. At each position t, for every completion being generated:
    which cancels the O(1/M) term; entries that come out negative are set to 0 and p_jk renormalised;
 5. the token is drawn from p_jk; its base log p (temperature 1) is what `logprobs` reports.
 
-Horizon. `horizon="sliding"` (default): rollouts run up to `block_size` tokens past the candidate
-(the paper's truncated look-ahead H_t); `horizon="block"`: they stop at the end of the current block
+Horizon. By default (`block_size` None) rollouts run to the end of the token budget: the full
+look-ahead. `horizon="sliding"` (default): rollouts run up to `block_size` tokens past the candidate
+(the paper's truncated look-ahead H_t, 16 tokens there: `profile: reference`); `horizon="block"`: they stop at the end of the current block
 (block boundaries at multiples of `block_size`), so the last token of each block is chosen without
 look-ahead (zeta = 1). Either way rollouts stop at `max_new_tokens`, so the last decisions see a
 shorter future, and the last token (no future left) is drawn from p^alpha over the candidates,
@@ -46,7 +47,7 @@ What it approximates, for finite settings:
 - a horizon shorter than the rest of the completion: zeta is replaced by the sum of p^alpha over
   futures cut at the horizon, so the sampler targets a short-sighted law (the per-token rule above
   with that zeta), not p^alpha. No look-ahead at all (horizon="block", block_size=1: zeta = 1) is
-  token-level low temperature over the candidates, and the default sliding horizon weighs each
+  token-level low temperature over the candidates, and the paper's sliding horizon of 16 weighs each
   candidate by at most 16 tokens of its future, however long the completion. The fixed-block
   horizon is the worse of the two: on the enumerated test model its exact law (infinite rollouts)
   with blocks of 2 is farther from p^4 than low temperature is. Each completion's
@@ -105,9 +106,10 @@ class SPSConfig:
         "help": "Candidates per token: the K most likely tokens of p(. | prefix) (>= 1; all tokens if >= vocab)."})
     num_rollouts: int = field(default=8, metadata={
         "help": "Rollouts per candidate, from the base model at temperature 1 (>= 2: the jackknife leaves one out)."})
-    block_size: int = field(default=16, metadata={
+    block_size: int | None = field(default=None, metadata={
         "help": "Look-ahead length B (>= 1): rollouts run up to B tokens past the candidate (sliding) or "
-                "to the end of the current B-token block (block)."})
+                "to the end of the current B-token block (block). None: max_new_tokens, the full look-ahead "
+                "that targets p^alpha (the paper: 16), resolved when the config is made."})
     horizon: str = field(default="sliding", metadata={
         "help": "sliding: look B tokens ahead of every token (the paper's truncated horizon); block: look "
                 "ahead to the end of the current block only (the last token of a block gets no look-ahead)."})
@@ -116,6 +118,8 @@ class SPSConfig:
 
     def __post_init__(self):
         check_alpha(self.alpha)
+        if self.block_size is None:  # the whole completion: a shorter horizon targets a short-sighted law
+            self.block_size = self.max_new_tokens
         check_integers(self, {"max_new_tokens": 1, "num_candidates": 1, "num_rollouts": 2, "block_size": 1,
                               "batch_size": 1})
         if self.horizon not in HORIZONS:

@@ -91,7 +91,7 @@ import sys
 import time
 
 KINDS = ("bwrap", "unsandboxed")
-SETTINGS = ("auto", "bwrap", "none")  # what a user may ask for: auto = bwrap where it works, else unsandboxed
+SETTINGS = ("auto", "bwrap", "none")  # what a user may ask for: auto and bwrap = bwrap or an error; none = unsandboxed
 NOBODY = 65534
 SIGKILL = 9  # not signal.SIGKILL: the signal module imports enum, a few ms of every checker's start
 MAX_FRAME = 16 * 2**20  # a reply longer than this is a failure (no HumanEval answer comes close)
