@@ -138,6 +138,24 @@ def test_presets_parse_and_the_gpu_presets_fail_at_once_here(tmp_path, capsys, m
     assert time.time() - started < 30 and not out.exists()
 
 
+def test_the_reference_profile_gives_the_papers_settings_where_the_config_leaves_them_unset():
+    """profile: reference applies Method.paper_settings to keys no section or instance sets; default keeps sharpen's."""
+    methods = ("methods=[base, power_mh, {name: mh_set, method: power_mh, proposal_temperature: 0.7}, power_smc, "
+               "power_sps]")
+    for profile in ("default", "reference"):
+        config = load_study_config("testbed", [methods, f"profile={profile}", "power_mh={}", "power_smc={}",
+                                               "power_sps={}"])
+        got = {inst.name: inst.settings for inst in config.instances}
+        paper = profile == "reference"
+        assert got["power_mh"].proposal_temperature == (0.25 if paper else 0.5)
+        assert got["power_mh"].stop_on_eos is paper
+        assert got["mh_set"].proposal_temperature == 0.7 and got["mh_set"].stop_on_eos is paper  # set: kept
+        assert got["power_smc"].proposal_temperature == (0.25 if paper else 0.5)
+        assert got["power_smc"].ramp_tokens == (400 if paper else 0)
+        assert got["power_sps"].block_size == (16 if paper else config.max_new_tokens)
+        assert got["base"].top_k == (50 if paper else None)
+
+
 @pytest.mark.parametrize("extra,message", [
     (["power_mh.blok_size=3"], "unknown key 'power_mh.blok_size'"),
     (["colour=red"], "unknown key 'colour'"),

@@ -290,6 +290,12 @@ def test_kind_figures_split_a_run_by_kind(tmp_path, capsys):
     assert twice["pass@k"]["1"][0] == 0.25 and twice["pass@k"]["4"][0] == 1.0
     assert main(["kinds", str(tmp_path)]) == 0 and "| base | twice | 1 x 4 |" in capsys.readouterr().out
     assert main(["kinds", str(tmp_path / "nothing")]) == 2
+    # a weighted method: pass@1 is the self-normalised estimate (weights 3:1 on the correct draw), not the raw rate
+    weighted = [{"problem_id": "twice-14578", "sample_idx": i, "correct": i == 0,
+                 "importance_log_weight": math.log(3.0) if i == 0 else 0.0} for i in range(2)]
+    (samples / "power_is.jsonl").write_text("".join(json.dumps(r) + "\n" for r in weighted))
+    entry = kind_figures(tmp_path, ks=(1, 4, 16))["power_is"]["twice"]
+    assert entry["weighted"] and entry["pass@k"]["1"][0] == pytest.approx(0.75) and set(entry["pass@k"]) == {"1"}
 
 
 # ----- building and caching (a few training steps into a temporary directory) --------------

@@ -8,6 +8,9 @@ The study's report pools the kinds; this splits them (plain, trap, twice: the ki
 problem id's prefix), so the rare-path kind's pass@k curve can be read on its own. Like the
 report it reads `samples/<name>.jsonl` only, and pass@k uses the unbiased estimator for k <= n
 (the smallest sample count of a method's problems), with percentile bootstrap intervals over problems.
+A weighted method (records with `importance_log_weight`, e.g. power_is) gets pass@1 only: the
+self-normalised estimate of its target's accuracy per problem, as the report computes it (its draws
+come from a proposal, so their raw pass rates would describe the proposal).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sharpen.analysis.stats import pass_at_k_curve
+from sharpen.analysis.stats import mean_interval, pass_at_k_curve
+from sharpen.analysis.target import importance_weights
 from sharpen.errors import UsageError
 from sharpen.runs.records import read_records
 
@@ -33,22 +37,30 @@ def kind_figures(run_dir: str | Path, ks=KS) -> dict:
         raise UsageError(f"no records in {samples}: give a study's run directory")
     out = {}
     for path in files:
-        counts: dict[str, dict[str, list[int]]] = defaultdict(dict)  # kind -> problem -> [n, c]
-        for r in read_records(path):
-            kind = r["problem_id"].split("-")[0]
-            n_c = counts[kind].setdefault(r["problem_id"], [0, 0])
-            n_c[0] += 1
-            n_c[1] += bool(r["correct"])
-        method = {}
-        for kind in [k for k in corpus.KINDS if k in counts]:
-            n, c = zip(*counts[kind].values())
-            usable = [k for k in ks if k <= min(n)]
-            curve = pass_at_k_curve(list(n), list(c), usable)
-            method[kind] = {"problems": len(n), "samples": min(n),
-                            "pass@k": {str(k): [curve["value"][i], curve["low"][i], curve["high"][i]]
-                                       for i, k in enumerate(usable)}}
-        out[path.stem] = method
+        records = read_records(path)
+        by_kind: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))  # kind -> problem -> records
+        for r in records:
+            by_kind[r["problem_id"].split("-")[0]][r["problem_id"]].append(r)
+        weighted = any("importance_log_weight" in r for r in records)
+        out[path.stem] = {kind: (_weighted_figures if weighted else _pass_at_k_figures)(by_kind[kind], ks)
+                          for kind in corpus.KINDS if kind in by_kind}
     return out
+
+
+def _pass_at_k_figures(problems: dict[str, list[dict]], ks) -> dict:
+    n = [len(rs) for rs in problems.values()]
+    c = [sum(bool(r["correct"]) for r in rs) for rs in problems.values()]
+    usable = [k for k in ks if k <= min(n)]
+    curve = pass_at_k_curve(n, c, usable)
+    return {"problems": len(n), "samples": min(n),
+            "pass@k": {str(k): [curve["value"][i], curve["low"][i], curve["high"][i]] for i, k in enumerate(usable)}}
+
+
+def _weighted_figures(problems: dict[str, list[dict]], ks) -> dict:
+    estimates = [float(importance_weights([r["importance_log_weight"] for r in rs])
+                       @ [float(bool(r["correct"])) for r in rs]) for rs in problems.values()]
+    return {"problems": len(estimates), "samples": min(len(rs) for rs in problems.values()), "weighted": True,
+            "pass@k": {"1": list(mean_interval(estimates))}}
 
 
 def format_kind_figures(figures: dict, ks=KS) -> str:
@@ -58,7 +70,8 @@ def format_kind_figures(figures: dict, ks=KS) -> str:
     rows = [head]
     for name, kinds in figures.items():
         for kind, entry in kinds.items():
-            cells = [name, kind, f"{entry['problems']} x {entry['samples']}"]
+            cells = [name + (" (IS estimate of p^alpha)" if entry.get("weighted") else ""), kind,
+                     f"{entry['problems']} x {entry['samples']}"]
             for k in ks:
                 value = entry["pass@k"].get(str(k))
                 cells.append("—" if value is None else f"{value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]")
