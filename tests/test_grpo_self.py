@@ -123,3 +123,48 @@ def test_reward_and_settings():
         with pytest.raises(UsageError) as err:
             check_self_settings(args)
         assert "grpo_self trains toward p^alpha only with" in str(err.value) and "\n" not in str(err.value)
+
+
+SMALL = ["--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "6",
+         "--learning_rate", "1e-2", "--report_to", "none", "--log_completions", "false", "--logging_steps", "1"]
+
+
+def test_sharpen_grpo_reward_self_likelihood_trains_without_a_grader(tmp_path, tiny_checkpoint, capsys):
+    """`sharpen grpo --reward self_likelihood`: grpo_self's settings applied, the reward logged, identity saved."""
+    import json
+
+    from sharpen.cli import main
+
+    out = tmp_path / "self"
+    argv = ["grpo", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--output-dir", str(out),
+            "--reward", "self_likelihood", "--alpha", "3", "--max_steps", "2", *SMALL]
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())["identity"]
+    assert run["run"]["reward"] == "self_likelihood" and run["run"]["alpha"] == 3.0
+    assert {k: run["grpo"][k] for k in ("beta", "scale_rewards", "loss_type", "temperature")} == {
+        "beta": 0.0, "scale_rewards": "none", "loss_type": "dr_grpo", "temperature": 1.0}
+    history = json.loads((out / "metrics.json").read_text())
+    assert "self_likelihood" in json.dumps(history) and "rewards/correct" not in json.dumps(history)
+    assert json.loads((out / "cost.json").read_text())["optimizer_steps"] == 2
+    # the same directory with the grader's reward is another run
+    assert main(argv[:7] + ["--max_steps", "2", *SMALL]) == 2
+    assert "holds a GRPO run with other settings (run.reward, " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--alpha", "1"], "grpo_self needs alpha > 1"),
+    (["--rollouts", "trl"], "--reward self_likelihood needs --rollouts sharpen"),
+    (["--loss_type", "grpo"], "grpo_self trains toward p^alpha only with"),
+    (["--temperature", "0.7"], "grpo_self trains toward p^alpha only with"),
+])
+def test_grpo_self_bad_input_is_one_line_and_status_2(tmp_path, tiny_checkpoint, capsys, extra, message):
+    from sharpen.cli import main
+
+    out = tmp_path / "x"
+    argv = ["grpo", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--output-dir", str(out),
+            "--reward", "self_likelihood", "--max_steps", "1", *SMALL, *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(argv[:7] + ["--reward", "bogus"]) == 2 and "unknown --reward 'bogus'" in capsys.readouterr().err

@@ -340,7 +340,8 @@ class CostTracker:
 
 def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | list[Callable], args, *,
                model_args=None, base_model_spec: str | None = None, keep_checkpoints: bool = False,
-               wandb: WandbConfig | None = None, callbacks=None, rollouts: str = DEFAULT_ROLLOUTS) -> dict:
+               wandb: WandbConfig | None = None, callbacks=None, rollouts: str = DEFAULT_ROLLOUTS,
+               rollout_func: Callable | None = None) -> dict:
     """Train `model` (a checkpoint path or Hub id) with GRPO; save model, metrics and cost; return the cost dict.
 
     `args` is a trl.GRPOConfig, or a dict of GRPOConfig fields over `default_grpo_args()`
@@ -355,7 +356,8 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     `args.report_to` the main process logs to a run opened by sharpen.runs.tracking.start_run
     under `args.run_name` (`wandb`, default WandbConfig(): mode auto); with wandb off, "wandb" is dropped
     from report_to. `rollouts` says who samples the completions: "sharpen" (`sharpen.sample`
-    through TRL's rollout_func, sharpen.rl.rollouts) or "trl" (TRL's own model.generate).
+    through TRL's rollout_func, sharpen.rl.rollouts) or "trl" (TRL's own model.generate); `rollout_func`
+    replaces sharpen's hook with another built on it (grpo_self's self_rollouts).
     """
     from trl import GRPOTrainer
 
@@ -387,7 +389,7 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
                                   processing_class=tokenizer, peft_config=peft_config,
                                   quantization_config=quantization_config,
                                   callbacks=[tracker.callback(), *(callbacks or [])],
-                                  rollout_func=sharpen_rollouts if rollouts == "sharpen" else None)
+                                  rollout_func=(rollout_func or sharpen_rollouts) if rollouts == "sharpen" else None)
         check_rollouts(rollouts, fsdp=trainer.is_fsdp_enabled)  # FSDP set by `accelerate launch`, known only here
         tracker.accelerator = trainer.accelerator
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -57,7 +57,9 @@ def identity(settings, base_spec: str | None) -> dict:
     run = settings.run
     run_part = {"model": base_spec, "task": run.task, "task_args": parse_task_args(run.task_args),
                 "chat": run.chat, "num_train_problems": run.num_train_problems, "problem_seed": run.problem_seed,
-                "rollouts": run.rollouts}
+                "rollouts": run.rollouts, "reward": run.reward}
+    if run.reward != "correct":  # the grader's runs keep the identity they had before rewards were a setting
+        run_part["alpha"] = run.alpha
     if base_spec is None:
         del run_part["model"]
     model_part = dataclasses.asdict(settings.model_args)
@@ -107,6 +109,8 @@ def check_run(output_dir: Path, mine: dict, revision: str | None) -> None:
     diff = []
     for section, values in mine.items():
         theirs = saved["identity"].get(section, {})
+        if section == "run":  # runs saved before `reward` existed were trained on the task's grader
+            theirs = {"reward": "correct"} | theirs
         diff += [f"{section}.{k}" for k in sorted(set(values) & set(theirs)) if values[k] != theirs[k]]
     if diff:
         raise UsageError(f"{output_dir} holds a GRPO run with other settings ({', '.join(diff)}): "

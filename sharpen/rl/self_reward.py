@@ -49,6 +49,8 @@ from sharpen.sampling.generate import left_pad
 
 from .rollouts import sharpen_rollouts
 
+SELF_REWARD = "self_likelihood"
+REWARDS = ("correct", SELF_REWARD)  # GrpoRunArgs.reward: the task's grader, or this module's reward
 # GRPOConfig values under which TRL's loss is the score-function gradient of the objective above.
 SELF_GRPO_SETTINGS = {"beta": 0.0, "scale_rewards": "none", "loss_type": "dr_grpo", "num_iterations": 1,
                       "temperature": 1.0, "top_k": 0, "top_p": 1.0}
@@ -70,11 +72,13 @@ def kl_coefficient(alpha: float) -> float:
 
 
 def check_self_settings(args) -> None:
-    """Refuse GRPOConfig values that change what the trained objective optimises (one line, UsageError)."""
-    wrong = [f"{name}={getattr(args, name)!r} (needs {value!r})" for name, value in SELF_GRPO_SETTINGS.items()
+    """Refuse GRPOConfig values (a GRPOConfig or a dict of its fields) that change what the trained objective
+    optimises (one line, UsageError)."""
+    get = args.get if isinstance(args, dict) else lambda name, default=None: getattr(args, name, default)
+    wrong = [f"{name}={get(name)!r} (needs {value!r})" for name, value in SELF_GRPO_SETTINGS.items()
              if name in ("beta", "scale_rewards", "loss_type", "num_iterations", "temperature")
-             and getattr(args, name) != value]
-    if getattr(args, "top_k", None) not in (0, None) or getattr(args, "top_p", 1.0) not in (1.0, None):
+             and get(name) != value]
+    if get("top_k", None) not in (0, None) or get("top_p", 1.0) not in (1.0, None):
         wrong.append("top_k / top_p set (rollouts must sample pi itself)")
     if wrong:
         raise UsageError("grpo_self trains toward p^alpha only with " + ", ".join(

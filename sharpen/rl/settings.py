@@ -30,11 +30,12 @@ from sharpen.runs.tracking import DEFAULT_MODE, DEFAULT_PROJECT, WandbConfig
 from sharpen.sampling.draw import TEMPERATURE_RANGE, check_in_range
 from sharpen.tasks import parse_task_args
 
-from .grpo import output_dir_of
+from .grpo import default_grpo_args, output_dir_of, trl_defaults
 from .rollouts import DEFAULT_ROLLOUTS, check_rollouts
+from .self_reward import REWARDS, SELF_GRPO_SETTINGS, SELF_REWARD, check_self_settings, kl_coefficient
 
 # GrpoRunArgs fields a study's grpo section may set; the study sets the others (and output_dir, run_name).
-STUDY_KEYS = ("num_train_problems", "accelerate_config", "keep_checkpoints", "lora", "rollouts")
+STUDY_KEYS = ("num_train_problems", "accelerate_config", "keep_checkpoints", "lora", "rollouts", "reward", "alpha")
 
 
 @dataclass
@@ -55,6 +56,12 @@ class GrpoRunArgs:
     rollouts: str = field(default=DEFAULT_ROLLOUTS, metadata={
         "help": "Who samples GRPO's completions: sharpen (sharpen.sample through TRL's rollout_func: finished rows "
                 "leave the batch, one seed per completion) or trl (TRL's own model.generate)."})
+    reward: str = field(default="correct", metadata={
+        "help": "correct: the task's grader (GRPO with a verifier); self_likelihood: no verifier, the frozen base "
+                "model's log-likelihood with the KL to it folded in, whose optimum is p^alpha (grpo_self, "
+                "sharpen.rl.self_reward; it sets beta 0, scale_rewards none, loss_type dr_grpo, temperature 1)."})
+    alpha: float = field(default=4.0, metadata={
+        "help": "With --reward self_likelihood: the power of the target p^alpha (> 1; KL coefficient 1/(alpha - 1))."})
     from_checkpoint: str | None = field(default=None, metadata={
         "help": "Record an existing RL checkpoint (Hub id or path) as this run's model instead of training."})
     accelerate_config: str | None = field(default=None, metadata={
@@ -75,6 +82,13 @@ class GrpoRunArgs:
             raise UsageError("give --model and --task (or --from-checkpoint to record an existing RL model)")
         parse_task_args(self.task_args)
         check_rollouts(self.rollouts)
+        if self.reward not in REWARDS:
+            raise UsageError(f"unknown --reward '{self.reward}': valid rewards are {', '.join(REWARDS)}")
+        if self.reward == SELF_REWARD:
+            kl_coefficient(self.alpha)
+            if self.rollouts != "sharpen":
+                raise UsageError("--reward self_likelihood needs --rollouts sharpen (its rollouts carry the "
+                                 "policy's and the base model's log-likelihoods)")
         WandbConfig(mode=self.wandb_mode)  # a bad mode is a one-line error here, before any work
 
 
@@ -109,6 +123,8 @@ class GrpoSettings:
         model["use_peft"] = bool(model["use_peft"] or run["lora"])
         run["model"] = run["model"] or model["model_name_or_path"]  # TRL's name for --model
         run = GrpoRunArgs(**run)
+        if run.reward == SELF_REWARD:
+            _self_reward_settings(grpo)
         check_grpo_numbers(grpo)
         if grpo["run_name"] is None and run.task:
             grpo["run_name"] = f"grpo-{run.task}"
@@ -117,6 +133,15 @@ class GrpoSettings:
         except ValueError as err:
             raise UsageError(f"invalid model settings: {' '.join(str(err).split())}") from None
         return cls(run, grpo, model_args)
+
+
+def _self_reward_settings(grpo: dict) -> None:
+    """grpo_self's GRPOConfig values where the merge left a default, then refuse any the user set otherwise."""
+    defaults = trl_defaults() | default_grpo_args()
+    for name, value in SELF_GRPO_SETTINGS.items():
+        if grpo.get(name) == defaults.get(name):  # not chosen by the user: grpo_self's value
+            grpo[name] = value
+    check_self_settings(grpo)
 
 
 # GRPOConfig numbers with a range beyond finiteness: field -> (lowest, highest, lowest allowed, highest allowed).

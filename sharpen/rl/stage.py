@@ -29,7 +29,7 @@ from sharpen.runs.files import check_output_dir, looks_like_path, resolve_local,
 from sharpen.runs.processes import is_main_process
 from sharpen.runs.provenance import model_revision
 from sharpen.runs.tracking import WandbConfig
-from sharpen.sampling.models import check_weights, resolve_model_path
+from sharpen.sampling.models import check_weights, load_model, resolve_model_path
 from sharpen.tasks import get_task, parse_task_args
 
 from .grpo import check_grpo_args, grpo_train, is_finished, lora_config
@@ -37,6 +37,7 @@ from .launch import accelerate_launch, is_launched, planned_processes, uses_fsdp
 from .rewards import grade_reward
 from .rollouts import check_rollouts
 from .rundir import LAUNCH_FILE, check_run, identity, write_run_file
+from .self_reward import SELF_REWARD, self_likelihood_reward, self_rollouts
 from .settings import GrpoSettings, settings_from_mapping, study_mapping
 
 
@@ -227,11 +228,15 @@ def _train(settings: GrpoSettings) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_run_file(output_dir, identity=found.identity, model_path=found.model_path, revision=found.revision,
                        train_problems=len(found.problems))
-    reward = grade_reward(found.task.grade, found.problems, name="correct")
+    if settings.run.reward == SELF_REWARD:  # no verifier: the frozen base model scores every rollout
+        reward = self_likelihood_reward(settings.run.alpha)
+        rollout_func = self_rollouts(load_model(found.model_path)[0])
+    else:
+        reward, rollout_func = grade_reward(found.task.grade, found.problems, name="correct"), None
     cost = grpo_train(found.model_path, found.tokenizer, found.dataset, reward, dict(settings.grpo),
                       model_args=settings.model_args, base_model_spec=found.base_spec,
                       keep_checkpoints=settings.run.keep_checkpoints, wandb=settings.wandb,
-                      rollouts=settings.run.rollouts)
+                      rollouts=settings.run.rollouts, rollout_func=rollout_func)
     if is_main_process():
         print(f"grpo: {cost['optimizer_steps']} steps in {cost['wall_seconds']:.0f} s "
               f"({cost['rollout_tokens']} rollout tokens from {cost['rollouts']} rollouts, "
