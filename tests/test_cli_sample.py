@@ -14,6 +14,7 @@ import pytest
 
 from sharpen.cli import main
 from sharpen.runs.records import RecordWriter, read_records
+from sharpen.sampling import vllm_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,8 @@ def test_sample_writes_graded_records_and_resumes(tiny_checkpoint, tmp_path, cap
     assert "accuracy" in capsys.readouterr().out
     config = json.loads((out / "samples" / "base.config.json").read_text())
     assert config["run"]["model"] == str(tiny_checkpoint) and config["method"] == "base"
+    # The default engine is recorded on every record but left out of the identity: older runs resume.
+    assert {r["engine"] for r in records} == {"hf"} and "engine" not in config["identity"]
     assert config["grader_version"].startswith("basic_arithmetic/") and config["model_revision"]
     assert config["environment"]["libraries"]["torch"]
     sessions = [json.loads(line) for line in (out / "samples" / "base.sessions.jsonl").read_text().splitlines()]
@@ -152,6 +155,30 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_pa
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out" / "samples").exists() or not any((tmp_path / "out" / "samples").iterdir())
+
+
+@pytest.mark.parametrize("installed, args, message", [
+    (False, ["--engine", "vllm"], "--engine vllm needs the optional package vLLM, which is not installed here: "
+                                  "run `make install-vllm`"),
+    (True, ["--engine", "vllm", "--method", "power_mh"], "engine vllm does not support method power_mh yet: "
+                                                          "methods on vllm are base, low_temp, grpo, grpo_low_temp, power_is"),
+    (True, ["--engine", "nope"], "unknown --engine 'nope': valid engines are hf, vllm"),
+])
+def test_engine_errors_are_one_line_exit_2_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch, installed,
+                                                            args, message):
+    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: installed)  # the same answer with vLLM or without
+    assert run_cli(*base_args(tiny_checkpoint, tmp_path / "out", *args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(vllm_engine.vllm_installed(), reason="vLLM is installed here (.venv-vllm)")
+def test_the_sharpen_command_without_vllm_says_how_to_install_it(tiny_checkpoint, tmp_path):
+    argv = [*map(str, base_args(tiny_checkpoint, tmp_path / "o")), "--engine", "vllm"]
+    out = subprocess.run([sys.executable, "-m", "sharpen", "sample", *argv], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "make install-vllm" in out.stderr and not (tmp_path / "o").exists()
 
 
 def test_torn_last_line_is_cut_on_resume(tmp_path):

@@ -10,6 +10,7 @@ the method registry.
     importance.py power_is: weighted plain decodes from tempered proposals, an importance sample of p^alpha
     timeshare.py  per-completion shares of measured wall time that add up to the sampler's time
     methods.py    the method registry (Method, register_method, get_method) and its plug-ins
+    vllm_engine.py the optional vLLM engine (load_model(spec, engine="vllm")): plain / low-temp sampling, power_is
 
 Nothing here parses command lines, knows tasks or reads files other than model checkpoints;
 sharpen.study wires these functions to tasks and run directories.

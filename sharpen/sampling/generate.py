@@ -9,10 +9,15 @@ Unlike `model.generate`, rows that reach EOS leave the batch at once (their cach
 are dropped), so a batch costs the sum of its completions' lengths, not B times the
 longest; and top-k / top-p are applied only when asked, never inherited from the
 model's generation_config.
+
+On a VllmModel (`load_model(spec, engine="vllm")`) each batch is one call of the engine with one
+request per row (its own seed); log p of each token and the token counts come from the engine
+(`sample_vllm` and `decode_vllm`, which power_is shares; vllm_engine.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -22,6 +27,7 @@ from transformers import DynamicCache
 from .draw import draw_tokens, make_generator, row_seeds, validate_processing
 from .models import cached_forward, context_length, eos_token_ids
 from .timeshare import TimeShare
+from .vllm_engine import Completion, VllmModel
 
 
 # Completions decoded together unless a caller says otherwise: sample() here, base and low_temp's
@@ -90,6 +96,9 @@ def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
+    if isinstance(model, VllmModel):
+        return sample_vllm(model, prompts, temperature=temperature, max_new_tokens=max_new_tokens, top_k=top_k,
+                           top_p=top_p, seeds=seeds, batch_size=batch_size, on_result=on_result)
 
     def run_batch(index: list[int]):
         generators = [make_generator(seeds[i]) for i in index]
@@ -100,6 +109,52 @@ def sample(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new
         return decode_rows(model, [prompts[i] for i in index], token_budgets(prompts, index, max_new_tokens, limit),
                            draw)
     return run_in_batches(len(prompts), batch_size, run_batch, on_result)
+
+
+def check_budget(model, max_new_tokens: int) -> None:
+    """ValueError when an engine's max_model_len leaves no room for `max_new_tokens` (transformers models: none)."""
+    if isinstance(model, VllmModel) and max_new_tokens >= model.max_model_len:
+        raise ValueError(f"max_new_tokens {max_new_tokens} does not fit engine vllm's max_model_len "
+                         f"{model.max_model_len} for this model: ask for fewer than {model.max_model_len} new tokens")
+
+
+def sample_vllm(model: VllmModel, prompts: list[list[int]], *, temperature: float, max_new_tokens: int,
+                top_k: int | None, top_p: float | None, seeds: list[int], batch_size: int,
+                on_result: Callable[[int, SampleResult], None] | None) -> list[SampleResult]:
+    """sample() on the vLLM engine: `batch_size` requests per engine call, one per row with its own seed."""
+    check_budget(model, max_new_tokens)
+    limit = context_length(model)
+
+    def run_batch(index: list[int]):
+        done = decode_vllm(model, [prompts[i] for i in index], token_budgets(prompts, index, max_new_tokens, limit),
+                           [seeds[i] for i in index], temperature=temperature, top_k=top_k, top_p=top_p)
+        for row, (result, _) in enumerate(done):
+            yield row, result
+    return run_in_batches(len(prompts), batch_size, run_batch, on_result)
+
+
+def decode_vllm(model: VllmModel, prompts: list[list[int]], budgets: list[int], seeds: list[int],
+                **params) -> list[tuple[SampleResult, Completion]]:
+    """One engine call, one request per row (VllmModel.generate's `params`): each row's SampleResult and the
+    engine's Completion (which holds log q under score_temperatures when asked).
+
+    stats: forward_tokens counts the tokens the engine computed (prompt tokens not found in its prefix
+    cache, plus the completion but its last token), cached_prompt_tokens those it reused; each row's
+    wall_seconds is the call's time split in proportion to its forward tokens.
+    """
+    eos = eos_token_ids(model)
+    started = time.perf_counter()
+    done = model.generate(prompts, seeds=seeds, max_new_tokens=budgets, eos=eos, **params)
+    elapsed = time.perf_counter() - started
+    computed = [len(p) - c.cached_prompt_tokens + len(c.token_ids) - 1 for p, c in zip(prompts, done)]
+    results = []
+    for c, forward in zip(done, computed):
+        reason = "eos" if c.token_ids[-1] in eos else "length"
+        stats = {"sampled_tokens": len(c.token_ids), "forward_tokens": forward,
+                 "cached_prompt_tokens": c.cached_prompt_tokens,
+                 "wall_seconds": elapsed * forward / max(sum(computed), 1)}
+        results.append((SampleResult(c.token_ids, c.logprobs, reason, stats), c))
+    return results
 
 
 def run_in_batches(count: int, batch_size: int, run_batch: Callable[[list[int]], Iterator[tuple[int, SampleResult]]],

@@ -43,6 +43,11 @@ temperature); each step adds M log-softmaxes over the vocabulary, nothing next t
 share of each batched step). Rows leave the batch as they finish; each row draws from its own
 generator seeded with seeds[i], so a completion does not depend on the batch it shares.
 
+On the vLLM engine (`load_model(spec, engine="vllm")`) each completion is one request at its own proposal's
+temperature, and the engine reports log q_m of every sampled token under all M proposals from the normalisers
+of the logits it was drawn from (see sharpen/sampling/vllm_engine.py for why a logits processor records them):
+the same weights, no extra forward pass; tests/test_vllm_engine.py checks them against transformers.
+
 tests/test_importance.py checks it on enumerable tiny models: the self-normalised weighted law of
 6000 (alpha 4) / 12000 (alpha 2) completions is within a bound derived from the exact
 chi^2(p^alpha || q_mix) of the exact p^alpha (measured TV 0.008 / 0.020 against bounds 0.055 / 0.085),
@@ -60,7 +65,9 @@ import torch
 
 from .draw import TEMPERATURE_RANGE, check_alpha, check_in_range, check_integers, draw_from_logprobs, \
     default_proposal_temperature, make_generator, proposal_logprobs, row_seeds
-from .generate import DEFAULT_BATCH_SIZE, SampleResult, check_prompts, decode_rows, run_in_batches, token_budgets
+from .generate import DEFAULT_BATCH_SIZE, SampleResult, check_budget, check_prompts, decode_rows, decode_vllm, \
+    run_in_batches, token_budgets
+from .vllm_engine import VllmModel
 
 
 def default_temperatures(alpha: float) -> list[float]:
@@ -127,12 +134,29 @@ def importance_sample(model, prompts: list[list[int]], settings: ImportanceSampl
     if len(indices) != len(prompts):
         raise ValueError(f"sample_indices has {len(indices)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
+    on_vllm = isinstance(model, VllmModel)
+    if on_vllm:
+        check_budget(model, settings.max_new_tokens)
 
     def run_batch(index: list[int]):
-        return _weighted_batch(model, [prompts[i] for i in index], [seeds[i] for i in index],
-                               [indices[i] for i in index], settings,
-                               token_budgets(prompts, index, settings.max_new_tokens, limit))
+        return (_weighted_vllm_batch if on_vllm else _weighted_batch)(
+            model, [prompts[i] for i in index], [seeds[i] for i in index], [indices[i] for i in index], settings,
+            token_budgets(prompts, index, settings.max_new_tokens, limit))
     return run_in_batches(len(prompts), settings.batch_size, run_batch, on_result)
+
+
+def _weighted_vllm_batch(model, prompts, seeds, sample_indices, settings, budgets):
+    """_weighted_batch on the vLLM engine: one request per row at its own proposal's temperature; the engine
+    reports each token's log q under every proposal (vllm_engine.py: the normalisers of the same logits)."""
+    temperatures = settings.proposal_temperatures
+    own = [temperatures[s % len(temperatures)] for s in sample_indices]
+    done = decode_vllm(model, prompts, budgets, seeds, temperature=own, score_temperatures=temperatures)
+    for row, (result, completion) in enumerate(done):
+        log_q = torch.tensor(completion.log_q, dtype=torch.float64).sum(0)  # (M,) log q_m of the whole completion
+        log_p_x = torch.tensor(math.fsum(result.logprobs), dtype=torch.float64)
+        result.fields = {"importance_log_weight": float(mixture_log_weight(settings.alpha, log_p_x, log_q)),
+                         "proposal_temperature": own[row]}
+        yield row, result
 
 
 def _weighted_batch(model, prompts, seeds, sample_indices, settings, budgets):

