@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.cli import main
+from sharpen.errors import UsageError
 from sharpen.runs.records import read_records
 from sharpen.configs import CONFIG_DIR
 from sharpen.study.config import load_study_config
@@ -156,13 +157,28 @@ def test_the_reference_profile_gives_the_papers_settings_where_the_config_leaves
         assert got["base"].top_k == (50 if paper else None)
 
 
+def test_the_engine_is_checked_at_once_and_hf_stays_out_of_the_identity():
+    """engine: vllm without vLLM is one line before any work; the default engine adds nothing to the identity,
+    so studies saved before engines existed resume."""
+    from sharpen.sampling.vllm_engine import vllm_installed
+
+    identity = load_study_config("testbed", ["methods=[base, {name: lt, method: low_temp, engine: hf}]"]).identity()
+    assert "engine" not in identity and all("engine" not in inst for inst in identity["instances"])
+    if not vllm_installed():
+        for override in ("engine=vllm", "methods=[base, {name: lt, method: low_temp, engine: vllm}]"):
+            with pytest.raises(UsageError, match="vllm needs the optional package vLLM, which is not installed"):
+                load_study_config("testbed", [override])
+
+
 @pytest.mark.parametrize("extra,message", [
     (["power_mh.blok_size=3"], "unknown key 'power_mh.blok_size'"),
     (["colour=red"], "unknown key 'colour'"),
+    (["engine=tpu"], "unknown engine 'tpu': valid engines are hf, vllm"),
+    (["methods=[base, {name: x, method: low_temp, engine: tpu}]"], "unknown methods[1].engine 'tpu'"),
     (["methods=[base, beam_search]"], "methods[1]: unknown method 'beam_search': registered methods are base, "
                                       "low_temp, power_mh, grpo"),
     (["methods=[base, {name: pm, method: power_mh, blok_size: 3}]"],
-     "unknown key 'blok_size' in methods[1] (pm): method power_mh accepts name, method, num_samples, num_problems, chat, alpha"),
+     "unknown key 'blok_size' in methods[1] (pm): method power_mh accepts name, method, num_samples, num_problems, chat, engine, alpha"),
     (["methods=[base, {name: base, method: low_temp}]"], "names the instance(s) base twice"),
     (["methods=[{name: a/b, method: base}]"], "'a/b' is not a valid file name"),
     (["methods=[{name: x, method: power_mh, block_size: 0}]"], "methods[0] (x): block_size must be an integer >= 1"),

@@ -10,6 +10,8 @@ saved with its tokenizer.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +50,29 @@ def test_sample_on_vllm_writes_records_that_name_the_engine(checkpoint, tmp_path
     # The same instance on the other engine draws other tokens from the same seeds: refused, not mixed in.
     assert main([*argv, "--num-samples", "2"]) == 2
     assert "other settings (engine)" in capsys.readouterr().err
+
+
+def test_a_study_samples_each_instance_on_its_engine_and_scores_with_transformers(checkpoint, tmp_path):
+    """`engine:` study-wide and per instance: records name their engine; the analysis scores every completion."""
+    import yaml
+
+    out = tmp_path / "study"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "engines", "model": str(checkpoint), "task": "basic_arithmetic", "engine": "vllm",
+        "methods": ["base", {"name": "low_temp_hf", "method": "low_temp", "engine": "hf"}],
+        "num_problems": 3, "num_samples": 2, "max_new_tokens": 8, "analysis": {"bootstrap": 100, "embeddings": "off"},
+        "wandb": {"mode": "off"}}))
+    # Its own process: an engine's memory is freed only when its process ends, and this module's first test
+    # already holds one (two more in one process do not fit a 24 GiB machine).
+    done = subprocess.run([sys.executable, "-m", "sharpen", "study", "--config", str(config), "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    engines = {name: {r["engine"] for r in read_records(out / "samples" / f"{name}.jsonl")}
+               for name in ("base", "low_temp_hf")}
+    assert engines == {"base": {"vllm"}, "low_temp_hf": {"hf"}}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"base", "low_temp_hf"}
+    assert all(len(read_records(out / "scores" / f"{name}.jsonl")) == 6 for name in engines)
+    saved = json.loads((out / "study.json").read_text())["identity"]
+    assert saved["engine"] == "vllm" and "engine" not in saved["instances"][1]  # hf, the default, left out

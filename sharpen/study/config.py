@@ -53,13 +53,14 @@ from sharpen.runs.tracking import WandbConfig
 from sharpen.sampling.draw import check_alpha
 from sharpen.sampling.generate import DEFAULT_BATCH_SIZE
 from sharpen.sampling.methods import get_method, registered_methods
+from sharpen.sampling.vllm_engine import check_engine
 from sharpen.tasks import task_factory
 
 from .sample import check_instance_name, check_profile
 
 DEFAULT_METHODS = ("base", "low_temp", "power_mh", "grpo")
 SHARED_SETTINGS = ("alpha", "max_new_tokens", "batch_size")  # study-level keys that instances inherit
-INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems", "chat")  # keys of a methods entry that are not settings
+INSTANCE_KEYS = ("name", "method", "num_samples", "num_problems", "chat", "engine")  # keys of a methods entry that are not settings
 # The reference implementation (aakaran/reasoning-with-sampling) samples through transformers 4.47's
 # generate, whose defaults apply top-k 50 to every sampled method, the MH proposals included.
 REFERENCE_TOP_K = 50
@@ -92,6 +93,7 @@ class MethodInstance:
     num_samples: int
     num_problems: int | None = None  # the first num_problems of the study's problems (None: all of them)
     chat: bool = False  # prompts through the tokenizer's chat template
+    engine: str = "hf"  # what runs the model: hf (transformers) or vllm (sharpen.sampling.vllm_engine)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class StudyConfig:
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     chat: bool = False
     profile: str = "default"  # "reference": the reference implementation's sampling and prompts (see below)
+    engine: str = "hf"  # what runs the model for every instance (hf or vllm); an instance may set its own
     split: str = "test"
     num_problems: int | None = None
     num_samples: int = 8
@@ -131,6 +134,10 @@ class StudyConfig:
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
         check_profile(self.profile)
+        try:
+            check_engine(self.engine, "engine")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         self._apply_profile()
         self.instances = [self._instance(entry, i) for i, entry in enumerate(self.methods)]
         if not self.instances:
@@ -197,6 +204,12 @@ class StudyConfig:
         chat = entry.pop("chat", self.grpo_chat if method.model == "rl" else self.chat)
         if not isinstance(chat, bool):
             raise UsageError(f"{where}.chat must be true or false, got {chat!r}")
+        engine = entry.pop("engine", self.engine)
+        try:
+            check_engine(engine, f"{where}.engine")
+            method.check_engine(engine)
+        except ValueError as err:
+            raise UsageError(f"{where} ({name}): {err}") from None
         accepted = method.field_names()
         unknown = [k for k in entry if k not in accepted]
         if unknown:
@@ -215,7 +228,7 @@ class StudyConfig:
             settings = method.settings(**values)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{where} ({name}): {err}") from None
-        return MethodInstance(name, kind, settings, num_samples, num_problems, chat)
+        return MethodInstance(name, kind, settings, num_samples, num_problems, chat, engine)
 
     @property
     def needs_rl_model(self) -> bool:
@@ -234,6 +247,9 @@ class StudyConfig:
             method = get_method(inst["method"])
             inst["settings"] = {k: v for k, v in inst["settings"].items() if k not in method.not_identity}
         data.pop("batch_size")
+        for part in (data, *data["instances"]):  # hf, the default, stays out: studies made before engines resume
+            if part.get("engine") == "hf":
+                del part["engine"]
         # Paths as absolute paths: the same study from any working directory (see _resolve_file_paths).
         _map_paths(data, resolve_local)
         return yaml.safe_load(yaml.safe_dump(data, sort_keys=True))

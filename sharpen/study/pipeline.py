@@ -188,7 +188,7 @@ def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -
     return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
                          name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
                          num_problems=instance.num_problems, num_samples=instance.num_samples, seed=config.seed,
-                         split=config.split, chat=instance.chat, profile=config.profile)
+                         split=config.split, chat=instance.chat, profile=config.profile, engine=instance.engine)
 
 
 def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
@@ -211,17 +211,17 @@ def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> 
     base_spec = base_model_spec(config, shard)
     rl_spec = grpo_stage(config, base_spec, run_dir, shard) if config.needs_rl_model else None
 
-    base_model = base_tokenizer = None
+    base_models: dict[str, tuple] = {}  # engine -> the base model loaded on it, shared by its instances
     for instance in config.instances:
         method = get_method(instance.method)
         if method.model == "rl":
             spec = rl_spec
-            model, tokenizer = load_model(spec)
+            model, tokenizer = load_model(spec, engine=instance.engine)
         else:
             spec = base_spec
-            if base_model is None:
-                base_model, base_tokenizer = load_model(spec)
-            model, tokenizer = base_model, base_tokenizer
+            if instance.engine not in base_models:
+                base_models[instance.engine] = load_model(spec, engine=instance.engine)
+            model, tokenizer = base_models[instance.engine]
         args = sample_args(config, instance, spec, run_dir)
         path = run_sampling(args, instance.settings, model=model, tokenizer=tokenizer,
                             progress=progress and shard.is_main, shard=shard)
@@ -233,8 +233,8 @@ def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> 
             # it would be undone offline, where `wandb sync` of a later session replaces a run.
         del model
 
-    if base_model is None:
-        base_model, base_tokenizer = load_model(base_spec)
+    # Scores come from transformers, whatever engine sampled: one scorer for every method.
+    base_model, base_tokenizer = base_models.get("hf") or load_model(base_spec)
     # Every process scores a share of the completions; the main one writes the report.
     metrics = analysis.analyze(run_dir, replace(config.analysis, base_model=base_spec),
                                wandb=replace(config.wandb, group=config.wandb_group),
