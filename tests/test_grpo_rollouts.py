@@ -249,6 +249,7 @@ def _train_testbed_both_ways(testbed_dir, tmp_path, steps: int | None) -> dict:
     return scores
 
 
+@pytest.mark.slow  # the default suite trains through sharpen's rollouts in test_grpo_self and the study tests
 def test_sharpen_rollouts_train_the_testbed_like_trl_in_100_steps(testbed_dir, tmp_path):
     """A third of the default budget (~20 s for both): each kind lifts pass@1 from ~0.3 to ~0.95."""
     scores = _train_testbed_both_ways(testbed_dir, tmp_path, steps=100)

@@ -1,6 +1,6 @@
 """grpo_self (sharpen.rl.self_reward): GRPO through TRL, rewarded by the base model's likelihood, trains toward p^alpha.
 
-    python -m pytest -q tests/test_grpo_self.py     # ~1 min on 2 cores: two 300-step trainings of a tiny model
+    python -m pytest -q tests/test_grpo_self.py     # ~40 s on 2 cores: two 200-step trainings of a tiny model
 
 The enumerable model of tests/test_power_exactness.py (4 tokens, completions of at most 4 tokens, 121 of
 them, p^4 spread over completions of three lengths) is trained from the base model itself with a real
@@ -23,7 +23,7 @@ from test_power_exactness import EOS, PROMPT, T, VOCAB, completions, conditional
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
 ALPHA = 4.0
-STEPS = 300
+STEPS = 200
 
 
 def power_model():
