@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from sharpen.analysis.scoring import score_completions
 from sharpen.errors import UsageError
-from sharpen.sampling.generate import left_pad
 
 from .rollouts import sharpen_rollouts
 
@@ -105,26 +103,10 @@ def self_likelihood_reward(alpha: float, *, beta: float | None = None, name: str
     return reward
 
 
-@torch.no_grad()
 def sequence_logprob(model, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
-    """log p(completion | prompt) of each pair under `model` at temperature 1, one teacher-forced batch.
-
-    Every completion token is scored; an empty completion scores 0.
-    """
-    rows = [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
-    if not rows:
-        return []
-    device = next(model.parameters()).device
-    ids, mask, positions = left_pad(rows, 0, device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    width = ids.shape[1]
-    out = []
-    for b, completion in enumerate(completions):
-        # token j of the row (left-padded) is predicted at position j - 1; the completion is the row's last tokens
-        n = len(completion)
-        out.append(float(logp[b, width - 1 - n:].double().sum()) if n else 0.0)
-    return out
+    """log p(completion | prompt) of each pair under `model` at temperature 1 (the analysis's scorer; 0 for an
+    empty completion)."""
+    return [0.0 if scores is None else scores["logprob_sum"] for scores in score_completions(model, prompts, completions)]
 
 
 def self_rollouts(base_model):

@@ -119,6 +119,13 @@ def mixture_log_weight(alpha: float, log_p: torch.Tensor, log_q: torch.Tensor) -
     return alpha * log_p - (torch.logsumexp(log_q, -1) - math.log(log_q.shape[-1]))
 
 
+def weight_fields(alpha: float, result: SampleResult, log_q: torch.Tensor, temperature: float) -> dict:
+    """A completion's record fields: its importance log-weight (log p summed in float64 from its token log-probs,
+    log_q: (M,) its log q under each proposal) and the temperature it was drawn at."""
+    log_p_x = torch.tensor(math.fsum(result.logprobs), dtype=torch.float64)
+    return {"importance_log_weight": float(mixture_log_weight(alpha, log_p_x, log_q)), "proposal_temperature": temperature}
+
+
 @torch.no_grad()
 def importance_sample(model, prompts: list[list[int]], settings: ImportanceSamplingConfig, *, seed: int = 0,
                       seeds: list[int] | None = None, sample_indices: list[int] | None = None,
@@ -153,9 +160,7 @@ def _weighted_vllm_batch(model, prompts, seeds, sample_indices, settings, budget
     done = decode_vllm(model, prompts, budgets, seeds, temperature=own, score_temperatures=temperatures)
     for row, (result, completion) in enumerate(done):
         log_q = torch.tensor(completion.log_q, dtype=torch.float64).sum(0)  # (M,) log q_m of the whole completion
-        log_p_x = torch.tensor(math.fsum(result.logprobs), dtype=torch.float64)
-        result.fields = {"importance_log_weight": float(mixture_log_weight(settings.alpha, log_p_x, log_q)),
-                         "proposal_temperature": own[row]}
+        result.fields = weight_fields(settings.alpha, result, log_q, own[row])
         yield row, result
 
 
@@ -182,7 +187,6 @@ def _weighted_batch(model, prompts, seeds, sample_indices, settings, budgets):
         return new_tokens, torch.log_softmax(logits, dim=-1).gather(-1, new_tokens[:, None]).squeeze(-1)  # T = 1
 
     for row, result in decode_rows(model, prompts, budgets, draw):
-        log_p_x = torch.tensor(math.fsum(result.logprobs), dtype=torch.float64)
-        result.fields = {"importance_log_weight": float(mixture_log_weight(settings.alpha, log_p_x, log_q_sums[row])),
-                         "proposal_temperature": temperatures[sample_indices[row] % len(temperatures)]}
+        result.fields = weight_fields(settings.alpha, result, log_q_sums[row],
+                                      temperatures[sample_indices[row] % len(temperatures)])
         yield row, result
