@@ -655,9 +655,9 @@ def test_extraction_verdicts_and_grpo_training_curves_reach_the_report(sampled_r
     assert curve["step"] == [1, 2, 3, 4, 5] and curve["reward"][-1] == pytest.approx(0.5)
     report = (run_dir / "report.md").read_text()
     assert "## Answer extraction" in report and f"{n_flex_only} / {len(records)}" in report
-    assert "## GRPO training" in report and (run_dir / "plots" / "training_grpo.png").exists()
+    assert "## Training" in report and (run_dir / "plots" / "training_grpo.png").exists()
     # Without the log history the section and its plot go.
     (run_dir / "grpo" / "metrics.json").unlink()
     analyze(run_dir, AnalysisConfig(score=False), wandb=None, progress=False)
-    assert "## GRPO training" not in (run_dir / "report.md").read_text()
+    assert "## Training" not in (run_dir / "report.md").read_text()
     assert not (run_dir / "plots" / "training_grpo.png").exists()

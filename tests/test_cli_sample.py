@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from sharpen.cli import main
 from sharpen.runs.records import RecordWriter, read_records
 from sharpen.sampling import vllm_engine
+from sharpen.sampling.methods import get_method, register_method, unregister_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,14 +162,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_pa
 @pytest.mark.parametrize("installed, args, message", [
     (False, ["--engine", "vllm"], "--engine vllm needs the optional package vLLM, which is not installed here: "
                                   "run `make install-vllm`"),
-    (True, ["--engine", "vllm", "--method", "power_mh"], "engine vllm does not support method power_mh yet: "
-                                                          "methods on vllm are base, low_temp, grpo, grpo_low_temp, power_is"),
+    # every built-in method samples on vllm; a plug-in method declares its engines (hf only by default)
+    (True, ["--engine", "vllm", "--method", "mh_hf_only"], "engine vllm does not support method mh_hf_only yet: "
+                                                            "methods on vllm are base, low_temp, power_mh, grpo"),
     (True, ["--engine", "nope"], "unknown --engine 'nope': valid engines are hf, vllm"),
 ])
 def test_engine_errors_are_one_line_exit_2_before_any_work(tiny_checkpoint, tmp_path, capsys, monkeypatch, installed,
                                                             args, message):
     monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: installed)  # the same answer with vLLM or without
-    assert run_cli(*base_args(tiny_checkpoint, tmp_path / "out", *args)) == 2
+    register_method(dataclasses.replace(get_method("power_mh"), name="mh_hf_only", engines=("hf",)))
+    try:
+        assert run_cli(*base_args(tiny_checkpoint, tmp_path / "out", *args)) == 2
+    finally:
+        unregister_method("mh_hf_only")
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()

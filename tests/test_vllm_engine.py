@@ -14,6 +14,7 @@ law at the other temperature (p < 1e-6), so the test has the power to fail.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -29,7 +30,7 @@ from test_power_exactness import chi_square, detectable_tv, processed  # noqa: E
 from sharpen.errors import UsageError  # noqa: E402
 from sharpen.sampling import ModelLoadError, load_model, sample  # noqa: E402
 from sharpen.sampling.importance import ImportanceSamplingConfig, importance_sample  # noqa: E402
-from sharpen.sampling.methods import get_method  # noqa: E402
+from sharpen.sampling.methods import get_method, register_method, unregister_method  # noqa: E402
 from sharpen.sampling.vllm_engine import BLOCK_SIZE, VllmModel  # noqa: E402
 from sharpen.study.sample import SampleRunArgs, run  # noqa: E402
 
@@ -212,7 +213,13 @@ def test_a_model_vllm_cannot_load_is_one_line(checkpoint, tmp_path):
 
 
 def test_methods_without_a_vllm_sampler_are_refused(tmp_path):
-    assert [m for m in ("base", "low_temp", "power_is", "power_mh", "power_smc", "power_sps")
-            if "vllm" in get_method(m).engines] == ["base", "low_temp", "power_is"]
-    with pytest.raises(UsageError, match="engine vllm does not support method power_mh yet"):
-        SampleRunArgs(model="m", task="basic_arithmetic", output_dir=str(tmp_path), method="power_mh", engine="vllm")
+    assert all("vllm" in get_method(m).engines for m in ("base", "low_temp", "power_is", "power_mh", "power_smc",
+                                                         "power_sps", "grpo", "grpo_self", "power_distill"))
+    # a plug-in method declares its engines (hf only by default): refused on vllm before any work
+    register_method(dataclasses.replace(get_method("power_mh"), name="mh_hf_only", engines=("hf",)))
+    try:
+        with pytest.raises(UsageError, match="engine vllm does not support method mh_hf_only yet"):
+            SampleRunArgs(model="m", task="basic_arithmetic", output_dir=str(tmp_path), method="mh_hf_only",
+                          engine="vllm")
+    finally:
+        unregister_method("mh_hf_only")

@@ -20,11 +20,15 @@
     plots.py      pass@k, accuracy vs compute, base-model histograms, diversity (PNG)
     report.py     report.md
     wandb_log.py  one wandb run per method instance (same keys, settings as config) and the analysis run
+    square.py     the sharpening square: methods by {no verifier, verifier} x {no training, training}
+    seeds.py      a study over replicate seeds: per-seed and pooled values, two-level bootstrap intervals
 
 Sample files are read, never written; scores are derived data beside them.
 """
 
 from .pipeline import AnalysisConfig, analyze, default_base_model, format_summary
 from .runs import InputError
+from .seeds import analyze_seeds, format_seeds_summary
 
-__all__ = ["AnalysisConfig", "InputError", "analyze", "default_base_model", "format_summary"]
+__all__ = ["AnalysisConfig", "InputError", "analyze", "analyze_seeds", "default_base_model", "format_seeds_summary",
+           "format_summary"]

@@ -140,9 +140,13 @@ def training_forward_tokens(training: dict | None) -> tuple[float | None, str | 
     (6000.0, None)
     >>> training_forward_tokens({"rollout_tokens": 900})
     (900.0, 'rollout tokens only (no trained_tokens in cost.json)')
+    >>> training_forward_tokens({"forward_tokens": 5000, "fine_tune_tokens": 1200})
+    (5000.0, None)
     """
     if not training:
         return None, None
+    if training.get("forward_tokens"):  # counted by the stage itself (power_distill: teacher sampling + fine-tuning)
+        return float(training["forward_tokens"]), None
     trained = training.get("trained_tokens")
     if trained:
         iterations = max(float(training.get("num_iterations") or 1), 1.0)

@@ -105,6 +105,7 @@ from .mixing import mixing_diagnostics
 from .outcomes import Outcomes, reference_base
 from .runs import MethodRecords, Run
 from .stats import holm, k_grid, majority_vote_score, mean_interval, paired_comparison, pass_at_k_curve
+from .square import sharpening_square
 from .target import MIN_ESS, reached_target, weighted_block
 
 SCORE_NAMES = ("logprob_mean", "logprob_sum", "confidence", "self_certainty")
@@ -488,6 +489,12 @@ def equal_compute_table(inputs: MetricInputs, metrics: dict) -> dict:
     return {"equal_compute": equal_compute_rows(inputs.drawn, training, inputs.groups, **inputs.interval)}
 
 
+def square(inputs: MetricInputs, metrics: dict) -> dict:
+    """The sharpening square: methods by verifier and training, with the significant cross-corner differences
+    (sharpen.analysis.square; None without a trained method)."""
+    return {"square": sharpening_square(metrics)}
+
+
 def per_problem_counts(inputs: MetricInputs, metrics: dict) -> dict:
     """(n, correct) of every problem and method: any accuracy can be recomputed by hand."""
     return {"per_problem": {name: {pid: [n, c] for pid, n, c in zip(o.pids, o.n.tolist(), o.c.tolist())}
@@ -501,7 +508,7 @@ def version_warnings(inputs: MetricInputs, metrics: dict) -> dict:
 
 METRIC_SECTIONS = [analysis_environment, analysis_settings, warning_list, record_files, method_blocks,
                    paired_comparisons, reached_target, reference, crossovers, boundaries, equal_compute_table,
-                   per_problem_counts, version_warnings]
+                   square, per_problem_counts, version_warnings]
 
 
 def compute_metrics(run: Run, *, embeddings: dict | None = None, training_costs: dict | None = None,

@@ -30,7 +30,7 @@ from sharpen.runs.files import resolve_local, write_atomic, write_text_atomic
 from sharpen.runs.locks import hold_run_dir
 from sharpen.runs.processes import current_shard
 from sharpen.runs.tracking import WandbConfig, start_run
-from sharpen.sampling.methods import find_method
+from sharpen.sampling.methods import MODELS, find_method
 
 from .diversity import Embedder, embedding_model_available
 from .metrics import clean_for_json, compute_metrics
@@ -132,10 +132,11 @@ def embed_run(run: Run, mode: str, *, device=None) -> tuple[dict | None, str]:
 
 
 def _training_files(run: Run, filename: str, what: str) -> tuple[dict, list[str]]:
-    """{name: parsed JSON} of RUN_DIR/<name>/<filename> where the study's training stage wrote one."""
+    """{stage: parsed JSON} of RUN_DIR/<stage>/<filename> for each training stage (sharpen.sampling.methods.MODELS:
+    grpo, grpo_self, power_distill) that wrote one."""
     found, warnings = {}, []
-    for name in run.methods:
-        path = run.dir / name / filename
+    for stage in (model.stage for model in MODELS.values() if model.stage):
+        path = run.dir / stage / filename
         if not path.exists():
             continue
         try:
@@ -145,47 +146,46 @@ def _training_files(run: Run, filename: str, what: str) -> tuple[dict, list[str]
         if not isinstance(data, dict):
             warnings.append(f"{path.relative_to(run.dir)} is not a JSON object: its {what} was left out")
             continue
-        found[name] = data
+        found[stage] = data
     return found, warnings
 
 
-RL_TRAINING_DIR = "grpo"  # where a study trains the RL model (sharpen.study.pipeline.grpo_stage)
+def training_stage(kind: str) -> str | None:
+    """The stage that trained the model a method of this kind samples (None: the base model, or unknown)."""
+    method = find_method(kind)
+    return None if method is None else MODELS[method.model].stage
 
 
 def training_costs(run: Run) -> tuple[dict, list[str]]:
-    """{name: cost} from RUN_DIR/<name>/cost.json where the study wrote one (e.g. GRPO training); every other
-    instance of a method that samples the RL model (e.g. grpo_low_temp) is charged the same training."""
+    """{name: cost} for every instance of a method that samples a trained model: its stage's
+    RUN_DIR/<stage>/cost.json (GRPO's, grpo_self's, power_distill's), charged to each instance that samples it
+    (grpo and grpo_low_temp both pay the one GRPO run)."""
     files, warnings = _training_files(run, "cost.json", "training cost")
-    shared = files.get(RL_TRAINING_DIR)
-    if shared is None and (run.dir / RL_TRAINING_DIR / "cost.json").exists():
-        try:
-            shared = json.loads((run.dir / RL_TRAINING_DIR / "cost.json").read_text())
-        except json.JSONDecodeError:
-            warnings.append(f"{RL_TRAINING_DIR}/cost.json is not JSON: the RL model's training cost was left out")
-    if isinstance(shared, dict):
-        for name, method in run.methods.items():
-            if name not in files and not _samples_base_model(method.kind):
-                files[name] = shared
     costs = {}
-    for name, data in files.items():
-        keep = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, method in run.methods.items():
+        data = files.get(training_stage(method.kind))
+        keep = {k: v for k, v in (data or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if keep:
             costs[name] = keep
     return costs, warnings
 
 
-# TRL log-history keys shown as GRPO training curves -> their names in metrics.json
+# Log-history keys shown as training curves -> their names in metrics.json (TRL's GRPO logs reward and the
+# rest; the SFT of power_distill logs loss and mean_token_accuracy)
 TRAINING_CURVES = {"reward": "reward", "reward_std": "reward_std", "completions/mean_length": "completion_length",
-                   "entropy": "entropy", "kl": "kl", "frac_reward_zero_std": "frac_reward_zero_std"}
+                   "entropy": "entropy", "kl": "kl", "frac_reward_zero_std": "frac_reward_zero_std",
+                   "loss": "loss", "mean_token_accuracy": "mean_token_accuracy"}
 
 
 def training_curves(run: Run) -> tuple[dict, list[str]]:
-    """{name: {"step": [...], "reward": [...], ...}} from RUN_DIR/<name>/metrics.json (TRL's log history)."""
+    """{stage: {"step": [...], "reward": [...], ...}} from RUN_DIR/<stage>/metrics.json (the trainer's log history:
+    its per-step rows, those with a reward (GRPO) or a loss (SFT), not the final summary row)."""
     files, warnings = _training_files(run, "metrics.json", "training curves")
     curves = {}
     for name, data in files.items():
         history = data.get("log_history") or []
-        rows = [row for row in history if isinstance(row, dict) and isinstance(row.get("reward"), (int, float))]
+        rows = [row for row in history if isinstance(row, dict)
+                and any(isinstance(row.get(key), (int, float)) for key in ("reward", "loss"))]
         if not rows:
             continue
         curve = {"step": [int(row.get("step", i + 1)) for i, row in enumerate(rows)]}

@@ -299,9 +299,13 @@ def plot_diversity(metrics: dict, path: Path) -> Path | None:
 
 
 def plot_training(curve: dict, name: str, path: Path) -> Path:
-    """GRPO training against optimizer step: reward (with its within-group std), completion length, entropy."""
+    """A training run against optimizer step: GRPO's reward (with its within-group std), completion length and
+    entropy; a fine-tuning's loss and token accuracy."""
     panels = [("reward", "reward (mean over completions)"), ("completion_length", "completion length (tokens)"),
-              ("entropy", "token entropy (nats)")]
+              ("entropy", "token entropy (nats)"), ("loss", "fine-tuning loss (nats per token)"),
+              ("mean_token_accuracy", "token accuracy")]
+    if "reward" in curve:  # GRPO also logs its loss, which is not the quantity it learns from
+        panels = panels[:3]
     panels = [(key, label) for key, label in panels if key in curve]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     steps = np.array(curve["step"])
@@ -316,7 +320,7 @@ def plot_training(curve: dict, name: str, path: Path) -> Path:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{name}: training curves (TRL log history)")
+    fig.suptitle(f"{name}: training curves (trainer log history)")
     return _save(fig, path)
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .mixing import LOG_Z_SD_LIMIT, MIXING_P, RHAT_LIMIT
 from .plots import frontier_bands, frontier_points
+from .square import CELL_TITLES, CELLS
 from .stats import first_and_last_fifth
 
 PASS_K_COLUMNS = 6  # pass@k columns in the table (each method's n, then powers of two); the plot has all
@@ -303,20 +304,31 @@ def _first_last(curve: dict, key: str) -> str:
 
 
 def grpo_training(metrics: dict, ctx: ReportContext) -> str | None:
-    """Reward, its spread, completion length and entropy over GRPO training, with each run's curves."""
+    """Reward, its spread, completion length and entropy over each GRPO run (grpo, grpo_self), the loss over
+    power_distill's fine-tuning, with each run's curves."""
     training = metrics.get("training") or {}
     if not training:
         return None
-    out = ["## GRPO training", "",
-           "From the training run's log history (`RUN_DIR/<name>/metrics.json`, one row per logged "
-           "optimizer step): mean reward of the rollouts (± its within-group standard deviation, the "
-           "signal GRPO learns from), completion length and token entropy. Rollouts sample the policy at "
-           "the training temperature; the evaluation above samples at the method's own temperature.", ""]
-    rows = [[name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)"]
-            + [_first_last(curve, key) for key in ("reward", "reward_std", "completion_length", "entropy")]
-            for name, curve in training.items()]
-    out.append(_table(["run", "steps", "reward (first → last fifth)", "reward std", "completion length",
-                       "entropy"], rows))
+    out = ["## Training", "",
+           "From each training run's log history (`RUN_DIR/<stage>/metrics.json`, one row per logged "
+           "optimizer step). GRPO runs (grpo: the task's grader; grpo_self: the base model's likelihood, "
+           "(1 + beta) log p_base - beta log pi): mean reward of the rollouts (± its within-group standard "
+           "deviation, the signal GRPO learns from), completion length and token entropy; rollouts sample the "
+           "policy at the training temperature, the evaluation above at the method's own. power_distill: the "
+           "fine-tuning loss (mean negative log-likelihood per teacher token) and token accuracy.", ""]
+    grpo_runs = {name: curve for name, curve in training.items() if "reward" in curve}
+    if grpo_runs:
+        rows = [[name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)"]
+                + [_first_last(curve, key) for key in ("reward", "reward_std", "completion_length", "entropy")]
+                for name, curve in grpo_runs.items()]
+        out.append(_table(["run", "steps", "reward (first → last fifth)", "reward std", "completion length",
+                           "entropy"], rows))
+    tuned = {name: curve for name, curve in training.items() if "reward" not in curve}
+    if tuned:
+        rows = [[name, f"{curve['step'][0]}–{curve['step'][-1]} ({len(curve['step'])} logged)"]
+                + [_first_last(curve, key) for key in ("loss", "mean_token_accuracy")]
+                for name, curve in tuned.items()]
+        out += ["", _table(["run", "steps", "loss (first → last fifth)", "token accuracy"], rows)]
     out += [ctx.image(f"training_{name}", f"{name} training curves") for name in training]
     return "\n".join(out)
 
@@ -712,6 +724,71 @@ def this_analysis(metrics: dict, ctx: ReportContext) -> str | None:
                       f"Total {_f(analysis.get('seconds'), 1)} s."])
 
 
+def sharpening_square(metrics: dict, ctx: ReportContext) -> str | None:
+    """The 2 x 2 of {no verifier, verifier} x {no training, training}, and what differs significantly across it."""
+    sq = metrics.get("square")
+    if not sq:
+        return None
+    k = sq["k"]
+    out = ["## The sharpening square", "",
+           "Each method in its corner: sampled from the base model or from a model trained from it "
+           "(grpo_self: GRPO on the base model's own likelihood toward p^alpha; power_distill: fine-tuned on a "
+           "power sampler's train-split samples; grpo: GRPO on the task's grader), with or without a verifier. "
+           f"*Verifier, no training* is an oracle best-of-{k}: a sampler's pass@{k}, a correct completion "
+           f"picked among {k} draws whenever there is one. pass@{k} is at the largest number of samples "
+           "per problem every drawn method has; accuracy with its interval over problems (a weighted method's is "
+           "its estimate under p^alpha, with no draws for pass@k); log-likelihood is the base model's, per token; "
+           "distinct answers among a problem's first samples; cost in forward tokens per completion (per answer "
+           f"for the oracle: {k} draws), plus the training's forward tokens per evaluated problem where the "
+           "model was trained.", ""]
+    rows = []
+    for cell in CELLS:
+        for r in sq["cells"][cell]:
+            name = f"{r['method']}, best of {k} (oracle)" if r["oracle"] else r["method"]
+            rows.append([CELL_TITLES[cell], name, _ci(r["accuracy"]), _ci(r["pass_at_k"]),
+                         _f(r["base_logprob_mean"]), _f(r["distinct_answers"], 2),
+                         _f(r["forward_tokens_per_sample"], 1), _f(r["training_forward_tokens_per_problem"], 0)])
+        if not sq["cells"][cell]:
+            rows.append([CELL_TITLES[cell], "(no method)", "—", "—", "—", "—", "—", "—"])
+    out.append(_table(["corner", "method", "accuracy", f"pass@{k}", "base log p / token", "distinct answers",
+                       "forward tokens / completion", "training forward tokens / problem"], rows))
+    out += ["", _square_paragraph(sq)]
+    return "\n".join(out)
+
+
+SQUARE_PAIRS_SHOWN = 3  # per pair of corners, the largest significant differences; metrics.json has them all
+
+
+def _square_paragraph(sq: dict) -> str:
+    """What the paired comparisons say across corners, corner pair by corner pair, written from the numbers."""
+    if not sq["cross_corner_pairs"]:
+        return "No two methods in different corners share problems: nothing is compared across corners."
+    found = sq["significant"]
+    out = [f"Of the {sq['cross_corner_pairs']} pairs of methods in different corners, compared on their shared "
+           f"problems (paired permutation test, Holm-adjusted over every pair of the study), {len(found)} differ in "
+           f"accuracy at p < {sq['threshold']}" + (": no corner is shown better than another here." if not found
+                                                    else "; by pair of corners (the largest differences):")]
+    by_corners: dict[tuple, list] = {}
+    for s in found:
+        by_corners.setdefault(tuple(sorted((s["cell_a"], s["cell_b"]), key=CELLS.index)), []).append(s)
+    for (first, second), pairs in by_corners.items():
+        parts = []
+        for s in sorted(pairs, key=lambda s: -abs(s["diff"]))[:SQUARE_PAIRS_SHOWN]:
+            # diff is b - a with its interval: turned around when a is the more accurate
+            if s["diff"] > 0:
+                better, worse, gap, low, high = s["b"], s["a"], s["diff"], s["low"], s["high"]
+            else:
+                better, worse, gap, low, high = s["a"], s["b"], -s["diff"], -s["high"], -s["low"]
+            parts.append(f"{better} over {worse} +{gap:.3f} [{_f(low)}, {_f(high)}], p = {_p(s['p_holm'])}")
+        more = f" and {len(pairs) - len(parts)} more" if len(pairs) > len(parts) else ""
+        out.append(f"- *{CELL_TITLES[first]}* against *{CELL_TITLES[second]}*: " + "; ".join(parts) + more + ".")
+    for key, count in sq.get("compared_by_corners", {}).items():
+        first, second = key.split(" | ")
+        if (first, second) not in by_corners:
+            out.append(f"- *{CELL_TITLES[first]}* against *{CELL_TITLES[second]}*: none of the {count} pairs differs.")
+    return "\n".join(out)
+
+
 PER_PROBLEM_ROWS = 500  # the report's table stops there; metrics.json has every problem
 
 
@@ -731,7 +808,7 @@ def per_problem_counts(metrics: dict, ctx: ReportContext) -> str:
 
 
 REPORT_SECTIONS = [header, warnings, records_used, accuracy_and_pass_at_k, coverage_and_crossover,
-                   answer_extraction, grpo_training, paired_comparisons, reached_target, mixing_diagnostics,
+                   answer_extraction, sharpening_square, grpo_training, paired_comparisons, reached_target, mixing_diagnostics,
                    reasoning_boundary,
                    base_model_scores, diversity, entropy_and_support, compute, frontier, equal_compute, provenance,
                    this_analysis, per_problem_counts]

@@ -167,6 +167,12 @@ def method_config(name: str, records: MethodRecords | None, m: dict, *, study: s
            "num_problems": args.get("num_problems") or m.get("problems"),
            "num_samples": args.get("num_samples") or (m.get("samples_per_problem") or {}).get("max"),
            "grader_version": saved.get("grader_version")}
+    replicate = identity.get("replicate")
+    if replicate is not None:
+        # A replicate of a study over seeds (sharpen.study: RUN_DIR/seed_<n>, named <study>-seed<n>): `seed` is
+        # the replicate, what a workspace groups and averages by; the problems' seed is kept as problem_seed,
+        # and `study` names the whole study, shared by its replicates.
+        out.update(seed=replicate, problem_seed=out.get("seed"), study=study.removesuffix(f"-seed{replicate}"))
     out = {k: v for k, v in out.items() if v is not None}
     settings = saved.get("settings") if isinstance(saved.get("settings"), dict) else {}
     for key, value in settings.items():

@@ -11,6 +11,7 @@ the method registry.
     timeshare.py  per-completion shares of measured wall time that add up to the sampler's time
     methods.py    the method registry (Method, register_method, get_method) and its plug-ins
     vllm_engine.py the optional vLLM engine (load_model(spec, engine="vllm")): plain / low-temp sampling, power_is
+    vllm_samplers.py power_mh, power_smc and power_sps on the vLLM engine (requests continuing cached prefixes)
 
 Nothing here parses command lines, knows tasks or reads files other than model checkpoints;
 sharpen.study wires these functions to tasks and run directories.

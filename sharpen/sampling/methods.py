@@ -58,7 +58,23 @@ from .power import PowerSamplingConfig, power_sample
 from .smc import SMCConfig, smc_sample
 from .sps import SPSConfig, sps_sample
 
-MODELS = ("base", "rl")  # what a method may sample: the base model or the GRPO-trained one
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model a method may sample: the base model or one that a study trains from it."""
+
+    stage: str | None  # the study stage that trains it, and its directory RUN_DIR/<stage>; None: the base model
+    verifier: bool  # trained on a verifier's reward (the sharpening square's columns: sharpen.analysis.square)
+    description: str
+
+
+# What a method may sample (Method.model): every rule about trained models (which stage makes one, where its
+# training cost lies, which corner of the sharpening square it fills) reads this table.
+MODELS = {
+    "base": TrainedModel(None, False, "the base model"),
+    "rl": TrainedModel("grpo", True, "GRPO on the task's graded reward (a verifier)"),
+    "rl_self": TrainedModel("grpo_self", False, "GRPO on the base model's own likelihood, toward p^alpha (no verifier)"),
+    "distill": TrainedModel("power_distill", False, "the base model fine-tuned on a power sampler's train-split samples"),
+}
 
 
 def _check_sizes(settings) -> None:
@@ -127,7 +143,7 @@ class Method:
     settings: type
     run: Callable[..., list[SampleResult]]
     description: str
-    model: str = "base"  # "base": samples the base model; "rl": samples the GRPO-trained model
+    model: str = "base"  # which model it samples: a key of MODELS ("base", or a model a study trains, e.g. "rl")
     # The temperature records carry (for samplers with a proposal, the proposal's temperature).
     temperature: Callable[[object], float] = lambda settings: float(settings.temperature)
     # Decodes each completion token by token from its model, no search or resampling: i.i.d. completions
@@ -187,11 +203,12 @@ class Method:
     def check_engine(self, engine: str) -> None:
         """ValueError unless the method samples with `engine`.
 
-        >>> get_method("power_mh").check_engine("vllm")
+        >>> get_method("power_mh").check_engine("vllm")  # every built-in method samples on both engines
+        >>> dataclasses.replace(get_method("power_mh"), name="mh_hf_only", engines=("hf",)).check_engine("vllm")
         Traceback (most recent call last):
         ...
-        ValueError: engine vllm does not support method power_mh yet: methods on vllm are base, low_temp, grpo, \
-grpo_low_temp, power_is
+        ValueError: engine vllm does not support method mh_hf_only yet: methods on vllm are base, low_temp, power_mh, \
+grpo, grpo_low_temp, grpo_self, power_distill, power_smc, power_sps, power_is
         """
         if engine not in self.engines:
             able = [m for m in registered_methods() if engine in get_method(m).engines]
@@ -324,25 +341,32 @@ _built_in(Method("power_mh", PowerSamplingConfig, _run_power,
                  # Algorithm 1 of the paper (and its code): proposals at 1/alpha, a chain stops after a block
                  # that ends in EOS
                  paper_settings=lambda values: {"proposal_temperature": 1.0 / values.get("alpha", 4.0),
-                                                "stop_on_eos": True}))
+                                                "stop_on_eos": True}, engines=("hf", "vllm")))
 _built_in(Method("grpo", BaseSamplingConfig, _run_plain, "the GRPO-trained model at temperature 1", model="rl",
                  plain_decoding=True, proposal_logprobs=True, engines=("hf", "vllm")))
 _built_in(Method("grpo_low_temp", LowTempConfig, _run_plain,
                  "the GRPO-trained model at token-level temperature 1/alpha (as low_temp is to base)", model="rl",
                  plain_decoding=True, engines=("hf", "vllm")))
+_built_in(Method("grpo_self", BaseSamplingConfig, _run_plain,
+                 "the model GRPO trained toward p^alpha on its own likelihood (no verifier) at temperature 1",
+                 model="rl_self", plain_decoding=True, proposal_logprobs=True, engines=("hf", "vllm")))
+_built_in(Method("power_distill", BaseSamplingConfig, _run_plain,
+                 "the base model fine-tuned on a power sampler's train-split samples, at temperature 1",
+                 model="distill", plain_decoding=True, proposal_logprobs=True, engines=("hf", "vllm")))
 _built_in(Method("power_smc", SMCConfig, _run_smc,
                  "sequential Monte Carlo over prefixes targeting p(x)^alpha (Power-SMC, arXiv 2602.10273)",
                  temperature=lambda s: float(s.proposal_temperature), chunked=False,
                  check_model=lambda model: check_full_attention(model, "power_smc"),
                  # the Power-SMC authors' code: proposals at 1/alpha, alpha ramped up over 400 tokens
                  paper_settings=lambda values: {"proposal_temperature": 1.0 / values.get("alpha", 4.0),
-                                                "ramp_tokens": 400}))
+                                                "ramp_tokens": 400}, engines=("hf", "vllm")))
 _built_in(Method("power_sps", SPSConfig, _run_sps,
                  "scalable power sampling: top-K candidates weighed by jackknifed look-ahead rollouts, towards "
                  "p(x)^alpha (arXiv 2601.21590)",
                  temperature=lambda s: 1.0,  # the rollouts' temperature; the decisions have none
                  check_model=lambda model: check_full_attention(model, "power_sps"),
-                 paper_settings=lambda values: {"block_size": 16}))  # the paper's truncated look-ahead
+                 paper_settings=lambda values: {"block_size": 16},  # the paper's truncated look-ahead
+                 engines=("hf", "vllm")))
 _built_in(Method("power_is", ImportanceSamplingConfig, importance_sample,
                  "importance sampling of p(x)^alpha: plain decodes from a mixture of tempered proposals, each "
                  "completion weighed by p^alpha / q_mix (self-normalised per problem by the analysis)",

@@ -93,6 +93,11 @@ With top-k / top-p, chains target p^alpha restricted to the completions the prop
 
 Supported models: decoder-only models with full attention on every layer (the batched
 implementation puts dead slots inside the attention window; sliding-window layers are refused).
+
+On the vLLM engine (`load_model(spec, engine="vllm")`) each operation of a chain is one request that continues
+prompt + kept prefix, all chains' operations of a round in one engine call, with the same chains and
+acceptance rule (sharpen/sampling/vllm_samplers.py; top-k / top-p, the entropy rules and the reference
+implementation are refused there).
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ from .draw import (
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
+from .vllm_engine import VllmModel
 
 IMPLEMENTATIONS = ("batched", "reference")
 POSITIONS = ("uniform", "entropy", "entropy_cut")
@@ -377,6 +383,11 @@ def _run(model, prompts, cfg, *, seed=0, seeds=None, on_result=None, init=None,
     elif len(sample_indices) != len(prompts):
         raise ValueError(f"sample_indices has {len(sample_indices)} entries for {len(prompts)} prompts")
     limit = check_prompts(model, prompts)
+    if isinstance(model, VllmModel):
+        # imported here: vllm_samplers builds on this module
+        from .vllm_samplers import power_vllm
+        return power_vllm(model, prompts, cfg, seeds=seeds, sample_indices=sample_indices, on_result=on_result,
+                          init=init)
     eos = set(eos_token_ids(model))
     chains = [_Chain(i, list(p), seeds[i], cfg, eos,
                      cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)),

@@ -101,6 +101,10 @@ Randomness. Run j draws everything (tokens, resampling offsets, the final pick) 
 torch.Generator seeded with seeds[j] (default derive_seed(seed, j)), one vector of uniforms per
 step for its growing particles in particle order, so its output does not depend on which runs
 share its batch (up to float rounding of the logits).
+
+On the vLLM engine (`load_model(spec, engine="vllm")`) each stretch between ESS checks is one request per
+growing particle, and the weights are replayed token by token with this module's functions
+(sharpen/sampling/vllm_samplers.py; top-k / top-p are refused there).
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ from .draw import (check_alpha, check_integers, default_proposal_temperature, ma
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
+from .vllm_engine import VllmModel
 
 
 @dataclass
@@ -365,6 +370,10 @@ def smc_sample(model, prompts: list[list[int]], cfg: SMCConfig | None = None, *,
     cfg = cfg or SMCConfig()
     seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
+    if isinstance(model, VllmModel):
+        # imported here: vllm_samplers builds on this module
+        from .vllm_samplers import smc_vllm
+        return smc_vllm(model, prompts, cfg, seeds=seeds, on_result=on_result)
     check_full_attention(model, "smc_sample")
     eos = eos_token_ids(model)
     budgets = [cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, limit - len(p)) for p in prompts]

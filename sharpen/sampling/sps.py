@@ -76,6 +76,10 @@ output does not depend on which entries share its batch.
 
 Supported models: decoder-only models with full attention on every layer (cache rows are copied as
 plain key/value tensors; sliding-window layers are refused).
+
+On the vLLM engine (`load_model(spec, engine="vllm")`) the candidates are the engine's top-K log-probs and each
+rollout is a request continuing prompt + prefix + candidate, all rollouts of a round in one engine call
+(sharpen/sampling/vllm_samplers.py).
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ from .draw import check_alpha, check_integers, make_generator, row_seeds
 from .generate import SampleResult, check_prompts, left_pad
 from .models import cached_forward, check_full_attention, eos_token_ids
 from .timeshare import TimeShare
+from .vllm_engine import VllmModel
 
 HORIZONS = ("sliding", "block")
 
@@ -193,6 +198,10 @@ def sps_sample(model, prompts: list[list[int]], cfg: SPSConfig | None = None, *,
     cfg = cfg or SPSConfig()
     seeds = row_seeds(seed, seeds, len(prompts))
     limit = check_prompts(model, prompts)
+    if isinstance(model, VllmModel):
+        # imported here: vllm_samplers builds on this module
+        from .vllm_samplers import sps_vllm
+        return sps_vllm(model, prompts, cfg, seeds=seeds, on_result=on_result)
     check_full_attention(model, "sps_sample")
     eos = set(eos_token_ids(model))
     entries = [_Entry(j, list(p), seeds[j], cfg.max_new_tokens if limit is None

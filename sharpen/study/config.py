@@ -47,12 +47,14 @@ import yaml
 from sharpen.analysis import AnalysisConfig
 from sharpen.configs import find_config
 from sharpen.errors import UsageError
+from sharpen.rl.distill import DistillSettings
+from sharpen.rl.self_reward import SELF_REWARD, kl_coefficient
 from sharpen.rl.settings import read_grpo_config
 from sharpen.runs.files import resolve_local
 from sharpen.runs.tracking import WandbConfig
 from sharpen.sampling.draw import check_alpha
 from sharpen.sampling.generate import DEFAULT_BATCH_SIZE
-from sharpen.sampling.methods import get_method, registered_methods
+from sharpen.sampling.methods import MODELS, get_method, registered_methods
 from sharpen.sampling.vllm_engine import check_engine
 from sharpen.tasks import task_factory
 
@@ -111,11 +113,17 @@ class StudyConfig:
     num_problems: int | None = None
     num_samples: int = 8
     max_new_tokens: int = 512
-    seed: int = 0
+    seed: int = 0  # picks the problems (and GRPO's train problems); with `seeds`, only that
+    # Replicates: the whole study once per seed, in RUN_DIR/seed_<n>/, on the same problems (`seed` picks them):
+    # each seed trains every trained arm anew (GRPOConfig's seed) and samples every instance anew
+    seeds: list | str | int | None = None  # a list, or on the command line seeds=0,1,2
     batch_size: int = DEFAULT_BATCH_SIZE  # sampling.generate's; not part of the identity
     alpha: float = 4.0
     testbed: TestbedSettings = field(default_factory=TestbedSettings)
     grpo: GrpoStage = field(default_factory=GrpoStage)
+    # GRPO without a verifier, toward p^alpha (method grpo_self): its reward is set here, its alpha is the study's
+    grpo_self: GrpoStage = field(default_factory=GrpoStage)
+    power_distill: DistillSettings = field(default_factory=DistillSettings)  # SFT on a sampler's samples
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     sections: dict = field(default_factory=dict)  # method name -> settings given in its section (not a YAML key)
@@ -139,6 +147,8 @@ class StudyConfig:
         except ValueError as err:
             raise UsageError(str(err)) from None
         self._apply_profile()
+        self._chat_given: set[str] = set()  # instances whose entry sets chat (power_distill's default is its teacher's)
+        self.replicate_seed: int | None = None  # set on a replicate's own config (StudyConfig.replicate)
         self.instances = [self._instance(entry, i) for i, entry in enumerate(self.methods)]
         if not self.instances:
             raise UsageError(f"methods is empty: list at least one of {', '.join(registered_methods())}")
@@ -146,8 +156,85 @@ class StudyConfig:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise UsageError(f"methods names the instance(s) {', '.join(twice)} twice: give each a distinct name")
-        if self.needs_rl_model and not self.grpo.train and not self.grpo.checkpoint:
-            raise UsageError("grpo.train is false but grpo.checkpoint is not set: give an RL checkpoint or train")
+        for key in ("grpo", "grpo_self"):
+            stage = getattr(self, key)
+            if self.needs_stage(key) and not stage.train and not stage.checkpoint:
+                raise UsageError(f"{key}.train is false but {key}.checkpoint is not set: give a checkpoint or train")
+        self._check_grpo_self()
+        self._check_distill()
+        self._check_seeds()
+
+    def _check_seeds(self) -> None:
+        if self.seeds is None:
+            return
+        if isinstance(self.seeds, str):  # `seeds=0,1,2` on the command line reads as one string
+            parts = [p.strip() for p in self.seeds.split(",") if p.strip()]
+            if not all(p.isdigit() for p in parts):
+                raise UsageError(f"seeds must be integers >= 0 (a list, or 0,1,2 on the command line), got "
+                                 f"{self.seeds!r}")
+            self.seeds = [int(p) for p in parts]
+        elif isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            self.seeds = [self.seeds]
+        if not self.seeds:
+            raise UsageError("seeds is empty: give at least one replicate seed, e.g. seeds: [0, 1, 2], or leave it out")
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise UsageError(f"seeds must be integers >= 0, got {bad[0]!r}")
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise UsageError(f"seeds lists {', '.join(map(str, twice))} more than once: each replicate needs its own seed")
+        for stage in ("grpo", "grpo_self"):
+            if "seed" in getattr(self, stage).settings:
+                raise UsageError(f"{stage}.seed is set, and so is seeds: with replicates each seed trains its own "
+                                 f"{stage} run (GRPOConfig's seed is the replicate's); drop {stage}.seed")
+
+    def replicate(self, seed: int) -> "StudyConfig":
+        """The study of one replicate seed: RUN_DIR/seed_<seed>, the same problems, every arm trained and sampled
+        with that seed, wandb runs named <name>-seed<seed> in the study's group."""
+        one = dataclasses.replace(self, seeds=None, name=f"{self.name}-seed{seed}",
+                                  output_dir=str(Path(self.output_dir) / f"seed_{seed}"),
+                                  wandb=dataclasses.replace(self.wandb, group=self.wandb_group),
+                                  grpo=dataclasses.replace(self.grpo, settings=self.grpo.settings | {"seed": seed}),
+                                  grpo_self=dataclasses.replace(self.grpo_self,
+                                                                settings=self.grpo_self.settings | {"seed": seed}),
+                                  sections=self.sections, methods=self.methods)
+        one.replicate_seed = seed
+        return one
+
+    def _check_grpo_self(self) -> None:
+        """grpo_self trains with the self-likelihood reward toward the study's p^alpha: both are set here."""
+        settings = self.grpo_self.settings
+        if settings.get("reward", SELF_REWARD) != SELF_REWARD:
+            raise UsageError(f"grpo_self.reward is {settings['reward']!r}: grpo_self always trains on "
+                             f"{SELF_REWARD} (for GRPO with the task's grader use the grpo arm)")
+        settings.setdefault("alpha", self.alpha)
+        settings["reward"] = SELF_REWARD
+        if self.needs_stage("grpo_self"):
+            try:
+                kl_coefficient(float(settings["alpha"]))  # alpha <= 1: beta = 1/(alpha - 1) infinite or negative
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"grpo_self: {err}") from None
+
+    def _check_distill(self) -> None:
+        """power_distill's teacher: one of the study's instances, sampling the base model, unweighted."""
+        if not self.needs_stage("power_distill"):
+            return
+        teacher = self.power_distill.teacher
+        by_name = {inst.name: inst for inst in self.instances}
+        if teacher is None:
+            raise UsageError("power_distill needs power_distill.teacher: the name of one of the study's method "
+                             f"instances to distill ({', '.join(by_name)})")
+        if teacher not in by_name:
+            raise UsageError(f"power_distill.teacher '{teacher}' is not one of the study's method instances: name "
+                             f"one of {', '.join(by_name)}")
+        method = get_method(by_name[teacher].method)
+        if method.model != "base" or method.weighted:
+            why = "samples a trained model" if method.model != "base" else "draws weighted samples"
+            raise UsageError(f"power_distill.teacher '{teacher}' {why}: the teacher must draw unweighted samples "
+                             f"of the base model (power_mh, power_smc, power_sps, low_temp, ...)")
+        for inst in self.instances:  # the distilled model is prompted as its teacher was, unless told otherwise
+            if get_method(inst.method).model == "distill" and inst.name not in self._chat_given:
+                inst.chat = by_name[teacher].chat
 
     def _apply_profile(self) -> None:
         """The reference profile's task prompt and GRPO chat default (its top-k goes into each instance)."""
@@ -175,6 +262,30 @@ class StudyConfig:
     def grpo_chat(self) -> bool:
         return self.chat if self.grpo.chat is None else self.grpo.chat
 
+    def stage_chat(self, model: str) -> bool:
+        """Whether a model's instances (and its training prompts) use the chat template, by default."""
+        if model == "rl":
+            return self.grpo_chat
+        if model == "rl_self":  # trained beside grpo on the same prompts unless its section says otherwise
+            return self.grpo_chat if self.grpo_self.chat is None else self.grpo_self.chat
+        return self.chat  # the base model; a distilled one takes its teacher's (_check_distill)
+
+    def needs_stage(self, stage: str) -> bool:
+        """Whether an instance samples the model that `stage` (grpo, grpo_self, power_distill) trains."""
+        return any(MODELS[get_method(inst.method).model].stage == stage for inst in self.instances)
+
+    @property
+    def trained_stages(self) -> list[str]:
+        """The training stages the study runs, in MODELS order (grpo, grpo_self, power_distill)."""
+        return [m.stage for m in MODELS.values() if m.stage is not None and self.needs_stage(m.stage)]
+
+    def stage_task(self, stage: str) -> tuple[str, dict]:
+        """The task a GRPO stage trains on (its section's task, else the study's) and its options."""
+        section = getattr(self, stage)
+        if section.task is None:
+            return self.task, self.task_args
+        return section.task, section.task_args or {}
+
     def _instance(self, entry, index: int) -> MethodInstance:
         where = f"methods[{index}]"
         if isinstance(entry, str):
@@ -201,7 +312,9 @@ class StudyConfig:
         if self.num_problems is not None and num_problems is not None:
             # A subset of the study's problems: `num_problems=4` for a quick run shrinks every instance.
             num_problems = min(num_problems, self.num_problems)
-        chat = entry.pop("chat", self.grpo_chat if method.model == "rl" else self.chat)
+        if "chat" in entry:
+            self._chat_given.add(name)
+        chat = entry.pop("chat", self.stage_chat(method.model))
         if not isinstance(chat, bool):
             raise UsageError(f"{where}.chat must be true or false, got {chat!r}")
         engine = entry.pop("engine", self.engine)
@@ -232,7 +345,7 @@ class StudyConfig:
 
     @property
     def needs_rl_model(self) -> bool:
-        return any(get_method(inst.method).model == "rl" for inst in self.instances)
+        return self.needs_stage("grpo")
 
     @property
     def wandb_group(self) -> str:
@@ -243,6 +356,13 @@ class StudyConfig:
         data = dataclasses.asdict(self)
         for name in ("output_dir", "wandb", "analysis", "methods", "sections"):
             data.pop(name)
+        for stage in ("grpo_self", "power_distill"):  # sections of arms the study does not run shape nothing
+            if not self.needs_stage(stage):  # (and studies made before these arms existed resume)
+                data.pop(stage)
+        if self.seeds is None:  # a study without replicates, as before they existed
+            data.pop("seeds")
+        if self.replicate_seed is not None:
+            data["replicate"] = self.replicate_seed
         for inst in data["instances"]:  # cost-only fields (batch sizes) change no record
             method = get_method(inst["method"])
             inst["settings"] = {k: v for k, v in inst["settings"].items() if k not in method.not_identity}
@@ -275,7 +395,7 @@ def _build(cls, data, where: str, **extra):
                              f"are {', '.join(names)}{extra}")
         hint = hints[key]
         if hint is GrpoStage:
-            kwargs[key] = _grpo_stage(value)
+            kwargs[key] = _grpo_stage(value, key)
         elif dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, path)
         else:
@@ -341,22 +461,23 @@ def _sections(data: dict) -> dict:
     return sections
 
 
-def _grpo_stage(section) -> GrpoStage:
+def _grpo_stage(section, key: str = "grpo") -> GrpoStage:
+    """A GRPO stage's section (`grpo:` or `grpo_self:`)."""
     if section is None:
         section = {}
     if not isinstance(section, dict):
-        raise UsageError(f"grpo must be a mapping, got {section!r}")
+        raise UsageError(f"{key} must be a mapping, got {section!r}")
     section = dict(section)
-    train = _check_type(section.pop("train", True), bool, "grpo.train")
-    checkpoint = _check_type(section.pop("checkpoint", None), str | None, "grpo.checkpoint")
-    task = _check_type(section.pop("task", None), str | None, "grpo.task")
-    task_args = _check_type(section.pop("task_args", None), dict | None, "grpo.task_args")
+    train = _check_type(section.pop("train", True), bool, f"{key}.train")
+    checkpoint = _check_type(section.pop("checkpoint", None), str | None, f"{key}.checkpoint")
+    task = _check_type(section.pop("task", None), str | None, f"{key}.task")
+    task_args = _check_type(section.pop("task_args", None), dict | None, f"{key}.task_args")
     if task_args is not None and task is None:
-        raise UsageError("grpo.task_args goes with grpo.task (the study's own task takes the study's task_args)")
-    chat = _check_type(section.pop("chat", None), bool | None, "grpo.chat")
-    base_file = _check_type(section.pop("config", None), str | None, "grpo.config")
+        raise UsageError(f"{key}.task_args goes with {key}.task (the study's own task takes the study's task_args)")
+    chat = _check_type(section.pop("chat", None), bool | None, f"{key}.chat")
+    base_file = _check_type(section.pop("config", None), str | None, f"{key}.config")
     if base_file is not None:  # a `sharpen grpo --config` file (e.g. grpo_gpu), under the section's own keys
-        section = read_grpo_config(base_file, what="grpo.config") | section
+        section = read_grpo_config(base_file, what=f"{key}.config") | section
     return GrpoStage(train=train, checkpoint=checkpoint, task=task,
                      task_args=dict(task_args or {}) if task is not None else None, chat=chat, settings=section)
 
@@ -385,14 +506,16 @@ def _map_paths(data: dict, resolve) -> None:
     the accelerate config, and task arguments whose key is `path` or ends in `_path`."""
     if isinstance(data.get("model"), str):
         data["model"] = resolve(data["model"])
-    grpo = data.get("grpo")
-    for holder in (data, grpo if isinstance(grpo, dict) else {}):
+    stages = [data.get(key) for key in ("grpo", "grpo_self")]
+    for holder in (data, *(stage for stage in stages if isinstance(stage, dict))):
         task_args = holder.get("task_args")
         if isinstance(task_args, dict):
             for key, value in task_args.items():
                 if isinstance(value, str) and (key == "path" or key.endswith("_path")):
                     task_args[key] = resolve(value)
-    if isinstance(grpo, dict):
+    for grpo in stages:
+        if not isinstance(grpo, dict):
+            continue
         nested = grpo.get("settings") if isinstance(grpo.get("settings"), dict) else grpo
         for holder, key in ((grpo, "checkpoint"), (grpo, "config"), (nested, "accelerate_config")):
             if isinstance(holder.get(key), str):

@@ -10,9 +10,12 @@
 
 Stages, each skipped when its output is complete and resumed when it was cut short:
   1. base model   (`model: testbed` builds the testbed, cached; anything else is loaded)
-  2. GRPO         (when a method samples the RL model: TRL GRPOTrainer on the task's train split ->
-                  RUN_DIR/grpo; or a given RL checkpoint)
-  3. sampling     (every method instance, from the base model or the GRPO model as its registry entry says)
+  2. training     (each model a method samples other than the base model, sharpen.sampling.methods.MODELS):
+                  grpo (TRL's GRPOTrainer on the task's train split with its grader -> RUN_DIR/grpo, or a
+                  given RL checkpoint), grpo_self (the same without a verifier: the base model's likelihood
+                  toward p^alpha -> RUN_DIR/grpo_self), power_distill (a teacher instance samples the train
+                  split, SFT on its completions -> RUN_DIR/power_distill)
+  3. sampling     (every method instance, from the model its registry entry names)
                   -> RUN_DIR/samples/<name>.jsonl, sharded across accelerate processes
   4. analysis     (analysis.analyze: scores under the base model -> RUN_DIR/scores/, pass@k, diversity,
                   cost) -> metrics.json, report.md, plots/
@@ -35,13 +38,14 @@ from pathlib import Path
 from sharpen import analysis
 from sharpen.errors import UsageError
 from sharpen.rl import check_grpo_settings, check_train_split, grpo_model_spec, record_checkpoint, train_grpo
+from sharpen.rl.distill import distill_examples, model_dir as distill_model_dir, teacher_cost, train_distill
 from sharpen.runs.files import check_output_dir, looks_like_path, write_text_atomic
 from sharpen.runs.locks import clear_run_dir, hold_run_dir, holds_only_lock
 from sharpen.runs.processes import current_shard
 from sharpen.runs.provenance import environment
 from sharpen.runs.records import read_records
 from sharpen.sampling import load_model
-from sharpen.sampling.methods import find_method, get_method
+from sharpen.sampling.methods import MODELS, find_method, get_method
 from sharpen.sampling.models import BUILTIN_MODELS, check_model_reachable, check_weights
 from sharpen.tasks import get_task
 from sharpen.testbed import build_testbed
@@ -79,30 +83,53 @@ def preflight(config: StudyConfig) -> None:
     """Everything a user can get wrong, checked before any stage runs (and before study.json is written)."""
     task = get_task(config.task, **config.task_args)
     task.check_split(config.split)
-    if config.needs_rl_model:
-        if config.grpo.train:
-            train_task, train_args = config.grpo_task
-            check_train_split(task if config.grpo.task is None else get_task(train_task, **train_args),
-                              advice="give grpo.task (a task with a train split, e.g. math for math500), drop grpo "
-                                     "from methods, or give grpo.checkpoint")
-            # The testbed is built later; its GRPO settings are checked against the task alone.
-            check_grpo_settings(config.grpo.settings, model=None if config.model == "testbed" else config.model,
-                                task=train_task, task_args=train_args, chat=config.grpo_chat,
-                                problem_seed=config.seed, output_dir=Path(config.output_dir) / "grpo")
-        else:
-            check_model_available(config.grpo.checkpoint, "grpo.checkpoint")
+    for stage in ("grpo", "grpo_self"):
+        if config.needs_stage(stage):
+            _check_grpo_stage(config, stage, task)
+    if config.needs_stage("power_distill"):
+        check_train_split(task, advice="power_distill's teacher samples the study task's train split: drop "
+                                       "power_distill from methods")
+        load_problems(task, config.task, limit=config.power_distill.num_train_problems, seed=config.seed,
+                      split="train")
     check_model_available(config.model)
     load_problems(task, config.task, limit=config.num_problems, seed=config.seed, split=config.split)
 
 
+def _check_grpo_stage(config: StudyConfig, stage: str, task) -> None:
+    """A GRPO stage (grpo or grpo_self): its train split and settings, or its given checkpoint."""
+    section = getattr(config, stage)
+    if not section.train:
+        check_model_available(section.checkpoint, f"{stage}.checkpoint")
+        return
+    train_task, train_args = config.stage_task(stage)
+    check_train_split(task if section.task is None else get_task(train_task, **train_args),
+                      advice=f"give {stage}.task (a task with a train split, e.g. math for math500), drop {stage} "
+                             f"from methods, or give {stage}.checkpoint")
+    # The testbed is built later; its GRPO settings are checked against the task alone.
+    check_grpo_settings(section.settings, model=None if config.model == "testbed" else config.model,
+                        task=train_task, task_args=train_args, chat=config.stage_chat(_model_of(stage)),
+                        problem_seed=config.seed, output_dir=Path(config.output_dir) / stage)
+
+
+def _model_of(stage: str) -> str:
+    """The MODELS key of the model a stage trains."""
+    return next(key for key, model in MODELS.items() if model.stage == stage)
+
+
 def _has_finished_work(run_dir: Path) -> bool:
     """Whether a study directory holds anything a rerun would build on: records, or GRPO checkpoints."""
+    if any(_has_finished_work(d) for d in run_dir.glob("seed_*") if d.is_dir()):  # replicates' own directories
+        return True
     samples = run_dir / "samples"
     if samples.is_dir() and any(read_records(p) for p in samples.glob("*.jsonl")
                                 if not p.name.endswith(".sessions.jsonl")):
         return True
-    grpo = run_dir / "grpo"
-    return grpo.is_dir() and ((grpo / "cost.json").exists() or any(grpo.glob("checkpoint-*")))
+    for stage in (m.stage for m in MODELS.values() if m.stage):
+        trained = run_dir / stage
+        if trained.is_dir() and ((trained / "cost.json").exists() or any(trained.glob("checkpoint-*"))
+                                 or (trained / "samples").is_dir()):
+            return True
+    return False
 
 
 def _with_method_defaults(identity: dict) -> dict:
@@ -119,7 +146,13 @@ def identity_changes(saved: dict, mine: dict) -> list[str]:
     """What differs between a saved study identity and this one, as the keys that changed; adding method
     instances is not a change (the study samples the new ones and keeps the rest), while changing or
     dropping a saved instance is (its records would no longer match the config)."""
-    changed = sorted(k for k in set(saved) | set(mine) if k != "instances" and saved.get(k) != mine.get(k))
+    changed = sorted(k for k in set(saved) | set(mine) if k not in ("instances", "seeds") and saved.get(k) != mine.get(k))
+    # More replicate seeds extend a study (as more samples do); dropping one, or adding seeds to a study made
+    # without them, is a change.
+    if saved.get("seeds") != mine.get("seeds") and not (
+            saved.get("seeds") is not None and mine.get("seeds") is not None
+            and set(saved["seeds"]) <= set(mine["seeds"])):
+        changed.append("seeds")
     mine_instances = {inst.get("name"): inst for inst in mine.get("instances") or []}
     for inst in saved.get("instances") or []:
         if mine_instances.get(inst.get("name")) != inst:
@@ -166,29 +199,58 @@ def base_model_spec(config: StudyConfig, shard) -> str:
     return str(path)
 
 
-def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard) -> str:
-    """Train GRPO on the train split of its task (grpo.task, else the study's), or record the given
-    checkpoint; return the RL model's spec."""
-    out = run_dir / "grpo"
-    if not config.grpo.train:
+def grpo_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard, stage: str = "grpo") -> str:
+    """Train a GRPO stage (grpo, or grpo_self) on the train split of its task (the section's task, else the
+    study's), or record the given checkpoint; return the trained model's spec."""
+    section = getattr(config, stage)
+    out = run_dir / stage
+    if not section.train:
         if shard.is_main:
-            record_checkpoint(config.grpo.checkpoint, out)
+            record_checkpoint(section.checkpoint, out)
         shard.wait()
         return grpo_model_spec(out)
-    train_task, train_args = config.grpo_task
-    train_grpo(config.grpo.settings, model=base_spec, task=train_task, task_args=train_args,
-               chat=config.grpo_chat, problem_seed=config.seed, output_dir=out,
+    train_task, train_args = config.stage_task(stage)
+    train_grpo(section.settings, model=base_spec, task=train_task, task_args=train_args,
+               chat=config.stage_chat(_model_of(stage)), problem_seed=config.seed, output_dir=out,
                wandb=replace(config.wandb, group=config.wandb_group),  # the study's group, beside its other runs
-               run_name=f"{config.name}-grpo-training")
+               run_name=f"{config.name}-{stage}-training")
     shard.wait()
     return grpo_model_spec(out)
+
+
+def distill_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard, base_models: dict, progress: bool) -> str:
+    """power_distill: the teacher instance samples the train split (RUN_DIR/power_distill/samples/, resumable),
+    then the base model is fine-tuned on those completions; return the distilled checkpoint's path."""
+    out = run_dir / "power_distill"
+    settings = config.power_distill
+    teacher = next(inst for inst in config.instances if inst.name == settings.teacher)
+    if not (out / "cost.json").exists():
+        if teacher.engine not in base_models:
+            base_models[teacher.engine] = load_model(base_spec, engine=teacher.engine)
+        model, tokenizer = base_models[teacher.engine]
+        args = replace(sample_args(config, teacher, base_spec, out), split="train",
+                       num_problems=settings.num_train_problems, num_samples=settings.num_samples)
+        path = run_sampling(args, teacher.settings, model=model, tokenizer=tokenizer,
+                            progress=progress and shard.is_main, shard=shard)
+        if shard.is_main:
+            records = read_records(path)
+            sessions = read_records(path.with_name(f"{teacher.name}.sessions.jsonl"))
+            print(format_sampling(f"{config.task} (train) / {teacher.name}, power_distill's teacher",
+                                  summarize(records)), file=sys.stderr)
+            train_distill(settings, model=base_spec, examples=distill_examples(records, tokenizer),
+                          output_dir=out, teacher=teacher_cost(records, sessions),
+                          wandb=replace(config.wandb, group=config.wandb_group),
+                          run_name=f"{config.name}-power_distill-training", seed=config.seed)
+        shard.wait()
+    return str(distill_model_dir(out))
 
 
 def sample_args(config: StudyConfig, instance, model_spec: str, run_dir: Path) -> SampleRunArgs:
     return SampleRunArgs(model=model_spec, task=config.task, output_dir=str(run_dir), method=instance.method,
                          name=instance.name, task_args=[f"{k}={json.dumps(v)}" for k, v in config.task_args.items()],
                          num_problems=instance.num_problems, num_samples=instance.num_samples, seed=config.seed,
-                         split=config.split, chat=instance.chat, profile=config.profile, engine=instance.engine)
+                         split=config.split, chat=instance.chat, profile=config.profile, engine=instance.engine,
+                         replicate=config.replicate_seed)
 
 
 def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = True) -> dict | None:
@@ -199,7 +261,33 @@ def run_study(config: StudyConfig, *, overwrite: bool = False, progress: bool = 
     os.environ.setdefault("WANDB_SILENT", "true")
     with hold_run_dir(config.output_dir, "study"):  # a second writer is refused before any check or work
         preflight(config)
-        return _run_stages(config, shard, overwrite, progress)
+        if config.seeds is None:
+            return _run_stages(config, shard, overwrite, progress)
+        return _run_replicates(config, shard, overwrite, progress)
+
+
+def _run_replicates(config: StudyConfig, shard, overwrite: bool, progress: bool) -> dict | None:
+    """Every replicate seed's study in RUN_DIR/seed_<n>/ (each resumable, and readable alone by `sharpen
+    analyze`), then the analysis over seeds (sharpen.analysis.seeds) -> RUN_DIR/metrics.json, report.md."""
+    if shard.is_main:
+        claim_output_dir(config, overwrite)
+    shard.wait()
+    for seed in config.seeds:
+        if shard.is_main:
+            print(f"study {config.name}: replicate seed {seed} -> {Path(config.output_dir) / f'seed_{seed}'}",
+                  file=sys.stderr)
+        replicate = config.replicate(seed)
+        if shard.is_main:  # inside the study's directory, whose lock covers it
+            Path(replicate.output_dir).mkdir(parents=True, exist_ok=True)
+        shard.wait()
+        _run_stages(replicate, shard, overwrite=False, progress=progress)
+    if not shard.is_main:
+        return None
+    metrics = analysis.analyze_seeds(config.output_dir, config.seeds, replace(config.analysis),
+                                     wandb=replace(config.wandb, group=config.wandb_group),
+                                     wandb_name=f"{config.name}-seeds")
+    print(analysis.format_seeds_summary(metrics))
+    return metrics
 
 
 def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> dict | None:
@@ -209,13 +297,16 @@ def _run_stages(config: StudyConfig, shard, overwrite: bool, progress: bool) -> 
     run_dir = Path(config.output_dir)
 
     base_spec = base_model_spec(config, shard)
-    rl_spec = grpo_stage(config, base_spec, run_dir, shard) if config.needs_rl_model else None
-
     base_models: dict[str, tuple] = {}  # engine -> the base model loaded on it, shared by its instances
+    trained = {}  # MODELS key -> the spec of the model its stage trained
+    for stage in config.trained_stages:
+        trained[_model_of(stage)] = (distill_stage(config, base_spec, run_dir, shard, base_models, progress)
+                                     if stage == "power_distill" else grpo_stage(config, base_spec, run_dir, shard, stage))
+
     for instance in config.instances:
         method = get_method(instance.method)
-        if method.model == "rl":
-            spec = rl_spec
+        if method.model != "base":
+            spec = trained[method.model]
             model, tokenizer = load_model(spec, engine=instance.engine)
         else:
             spec = base_spec

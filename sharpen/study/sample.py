@@ -61,6 +61,9 @@ class SampleRunArgs:
     num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (default: all)."})
     num_samples: int = field(default=1, metadata={"help": "Completions per problem."})
     seed: int = field(default=0, metadata={"help": "Run seed; each completion's seed derives from (seed, problem, sample)."})
+    replicate: int | None = field(default=None, metadata={
+        "help": "Replicate seed (a study's `seeds`): completions' seeds derive from (replicate, problem, sample) "
+                "while --seed only picks the problems, so replicates sample the same problems anew."})
     split: str = field(default="test", metadata={"help": "Task split to sample (test, or train where a task has one)."})
     chat: bool = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (instruct models)."})
     profile: str = field(default="default", metadata={
@@ -88,6 +91,11 @@ class SampleRunArgs:
 
     def task_options(self) -> dict:
         return parse_task_args(self.task_args)
+
+    @property
+    def sampling_seed(self) -> int:
+        """What completions' seeds derive from: the replicate seed when there is one, else the run seed."""
+        return self.seed if self.replicate is None else self.replicate
 
 
 def check_profile(profile: str, what: str = "profile") -> None:
@@ -122,6 +130,7 @@ def run_identity(args: SampleRunArgs, settings) -> dict:
             "task_args": args.task_options(), "seed": args.seed, "split": args.split, "chat": args.chat,
             "temperature": method.temperature(settings),
             "settings": json.loads(json.dumps(method.identity(settings), default=str)),
+            **({"replicate": args.replicate} if args.replicate is not None else {}),  # absent in older runs
             **({"profile": args.profile} if args.profile != "default" else {}),  # absent in older runs: default
             **({"engine": args.engine} if args.engine != "hf" else {})}  # likewise: older runs sampled with hf
 
@@ -299,7 +308,7 @@ def _sample_and_write(args, method, settings, task, tokenizer, model, problems, 
     try:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
-            seeds = [derive_seed(args.seed, str(problems[i]["id"]), s) for i, s in chunk]
+            seeds = [derive_seed(args.sampling_seed, str(problems[i]["id"]), s) for i, s in chunk]
 
             def on_result(row: int, result: SampleResult):
                 nonlocal tokens_done, correct_done, proposals_done, accepted_done, finished, pending
