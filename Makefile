@@ -60,4 +60,4 @@ install-vllm: $(VLLM_STAMP)
 
 # The vLLM engine's tests, one engine per test module (in .venv, where vllm is absent, they are skipped).
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_PY) -m pytest -q tests/test_vllm_engine.py tests/test_vllm_cli.py
+	$(VLLM_PY) -m pytest -q tests/test_vllm_engine.py tests/test_vllm_samplers.py tests/test_vllm_grpo.py tests/test_vllm_cli.py

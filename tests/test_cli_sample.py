@@ -221,3 +221,17 @@ def test_killed_run_resumes_with_every_record_once(tiny_checkpoint, tmp_path):
     final = read_records(records)
     keys = [(r["problem_id"], r["sample_idx"]) for r in final]
     assert len(keys) == len(set(keys)) == 160
+
+
+def test_the_vllm_engines_memory_share_is_checked(monkeypatch):
+    monkeypatch.delenv(vllm_engine.MEMORY_ENV, raising=False)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert vllm_engine.default_memory_fraction() == vllm_engine.MEMORY_FRACTION[device]
+    monkeypatch.setenv(vllm_engine.MEMORY_ENV, "0.3")
+    assert vllm_engine.default_memory_fraction() == 0.3
+    for bad in ("0", "1.5", "half"):
+        monkeypatch.setenv(vllm_engine.MEMORY_ENV, bad)
+        with pytest.raises(ValueError, match="is not a fraction in \\(0, 1\\]"):
+            vllm_engine.default_memory_fraction()

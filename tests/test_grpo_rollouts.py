@@ -192,7 +192,7 @@ def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, 
     argv = ["grpo", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--output-dir", str(out)]
     assert main(argv + ["--rollouts", "bogus"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("rollouts must be one of sharpen, trl, got 'bogus'") and len(err.splitlines()) == 1, err
+    assert err.endswith("rollouts must be one of sharpen, trl, vllm, got 'bogus'") and len(err.splitlines()) == 1, err
     assert main(argv + ["--min_p", "0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "rollouts: sharpen (sampling.sample) does not support min_p (0.1)" in err and len(err.splitlines()) == 1
@@ -200,7 +200,7 @@ def test_bad_rollouts_value_is_one_line_and_status_2(tmp_path, tiny_checkpoint, 
 
     study = {"model": str(tiny_checkpoint), "task": "basic_arithmetic", "task_args": {}, "chat": False,
              "problem_seed": 0, "output_dir": out}
-    with pytest.raises(UsageError, match="^rollouts must be one of sharpen, trl, got 'bogus'$"):
+    with pytest.raises(UsageError, match="^rollouts must be one of sharpen, trl, vllm, got 'bogus'$"):
         check_grpo_settings({"rollouts": "bogus"}, **study)
     check_grpo_settings({"rollouts": "trl", "min_p": 0.1}, **study)  # TRL's generate takes min_p
     fsdp = str(Path(__file__).resolve().parents[1] / "sharpen" / "configs" / "accelerate" / "fsdp2.yaml")

@@ -125,6 +125,9 @@ def test_bad_seed_lists_are_one_line_before_any_work(tmp_path, capsys, extra, me
     assert not out.exists()
 
 
-def test_the_testbed_seeds_preset_loads():
-    config = load_study_config("testbed_seeds")
-    assert config.seeds == [0, 1, 2] and config.replicate(2).grpo.settings["seed"] == 2
+@pytest.mark.parametrize("preset", ["testbed_seeds", "smollm2_seeds"])
+def test_the_seeds_presets_load(preset):
+    config = load_study_config(preset)
+    replicate = config.replicate(2)
+    assert config.seeds == [0, 1, 2] and replicate.grpo.settings["seed"] == 2 and replicate.seed == config.seed
+    assert replicate.output_dir.endswith("seed_2") and replicate.identity()["replicate"] == 2

@@ -17,7 +17,9 @@ key, plus an `env:` mapping), then the flags. LoRA is ModelConfig's: --lora (or 
 --lora_r, --lora_alpha, --lora_target_modules (default all-linear), ... and
 `trl.get_peft_config` builds it. A study's `grpo:` section is the same mapping
 (sharpen.rl.stage.train_grpo). --rollouts sharpen (the default) samples GRPO's completions with
-`sharpen.sample` (sharpen.rl.rollouts); --rollouts trl keeps TRL's own model.generate.
+`sharpen.sample` (sharpen.rl.rollouts); --rollouts trl keeps TRL's own model.generate; --rollouts vllm
+samples with sharpen's sampler on a float32 vLLM engine synced with the policy after every optimizer step
+(sharpen.rl.vllm_rollouts; in .venv-vllm, one process).
 --accelerate-config (a file, or a packaged name: cpu, cpu_2proc, multi_gpu, deepspeed_zero3,
 fsdp2, ...) runs the same command again under `accelerate launch` and waits for it.
 

@@ -6,6 +6,7 @@
     grpo.py       grpo_train: GRPOTrainer with the run defaults, batch/LoRA checks, resume, cost.json, metrics.json
     rewards.py    grade_reward: a task's grade(problem, completion) as a TRL reward function
     rollouts.py   GRPO's completions from sharpen.sample (TRL's rollout_func hook), or TRL's own generate
+    vllm_rollouts.py  rollouts: vllm, the same sampler on a float32 vLLM engine synced with the policy each step
     self_reward.py  grpo_self: RL without a verifier, reward (1 + beta) log p_base - beta log pi, optimum p^alpha
     settings.py   GrpoRunArgs, GrpoSettings, a study's grpo section as settings (study_mapping)
     merge.py      the one merge of defaults, a YAML mapping and flags: trl.TrlParser (SettingsParser)

@@ -5,7 +5,7 @@
                       {"max_steps": 40, "output_dir": "runs/x/grpo"},     # GRPOConfig fields over the run defaults
                       model_args=trl.ModelConfig(use_peft=True, lora_r=8),  # optional: dtype, LoRA (get_peft_config)
                       wandb=WandbConfig(mode="offline", group="study-x"),
-                      rollouts="sharpen")  # or "trl": TRL's own model.generate
+                      rollouts="sharpen")  # or "trl": TRL's own model.generate; "vllm": sharpen.rl.vllm_rollouts
 
 `grpo_train` is the whole stage in one call: the settings (a GRPOConfig, or a dict over
 `default_grpo_args()`) are checked, the trainer is built the way TRL's own `trl grpo`
@@ -17,7 +17,7 @@ it leaves in `args.output_dir`:
   - cost.json: wall_seconds (trainer set-up to saved model, summed over resumed sessions),
     optimizer_steps, rollout_tokens (completion tokens sampled), rollout_completions,
     trained_tokens (prompt + completion tokens of the rollouts, each trained on
-    num_iterations times), rollouts (who sampled them: sharpen or trl), processes and device:
+    num_iterations times), rollouts (who sampled them: sharpen, trl or vllm), processes and device:
     the compute to set against power sampling;
   - grpo_config.json: the full GRPOConfig the run used.
 It checkpoints to output_dir/checkpoint-N while it runs and resumes from the last one
@@ -54,6 +54,7 @@ from sharpen.runs.files import write_text_atomic
 from sharpen.runs.tracking import WandbConfig, start_run
 
 from .rollouts import DEFAULT_ROLLOUTS, check_rollouts, sharpen_rollouts
+from .vllm_rollouts import VllmRollouts
 
 COST_FILE = "cost.json"
 METRICS_FILE = "metrics.json"
@@ -356,8 +357,10 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     `args.report_to` the main process logs to a run opened by sharpen.runs.tracking.start_run
     under `args.run_name` (`wandb`, default WandbConfig(): mode auto); with wandb off, "wandb" is dropped
     from report_to. `rollouts` says who samples the completions: "sharpen" (`sharpen.sample`
-    through TRL's rollout_func, sharpen.rl.rollouts) or "trl" (TRL's own model.generate); `rollout_func`
-    replaces sharpen's hook with another built on it (grpo_self's self_rollouts).
+    through TRL's rollout_func, sharpen.rl.rollouts), "trl" (TRL's own model.generate) or "vllm" (the same
+    sampler on a float32 vLLM engine made from `model` and loaded with the policy after each optimizer step,
+    sharpen.rl.vllm_rollouts); `rollout_func` replaces sharpen's hook with another built on it (grpo_self's
+    self_rollouts), or, for "vllm", is a VllmRollouts (one made on a VllmModel leaves it open at the end).
     """
     from trl import GRPOTrainer
 
@@ -381,6 +384,11 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
     rewards = [tracker.wrap(rewards[0]), *rewards[1:]]
 
     run = _start_wandb(wandb if "wandb" in args.report_to else WandbConfig(mode="off"), args, output_dir)
+    vllm_hook = None
+    if rollouts == "vllm":
+        if rollout_func is not None and not isinstance(rollout_func, VllmRollouts):
+            raise TypeError("rollouts vllm takes a VllmRollouts as rollout_func (or none: one is made from model)")
+        vllm_hook = rollout_func or VllmRollouts(model)  # its engine is made in attach, after the checks
     try:
         with warnings.catch_warnings():
             # TRL calls rollout_func experimental; the hook and what it receives are pinned by our tests.
@@ -389,8 +397,11 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
                                   processing_class=tokenizer, peft_config=peft_config,
                                   quantization_config=quantization_config,
                                   callbacks=[tracker.callback(), *(callbacks or [])],
-                                  rollout_func=(rollout_func or sharpen_rollouts) if rollouts == "sharpen" else None)
+                                  rollout_func=(vllm_hook if rollouts == "vllm" else
+                                                (rollout_func or sharpen_rollouts) if rollouts == "sharpen" else None))
         check_rollouts(rollouts, fsdp=trainer.is_fsdp_enabled)  # FSDP set by `accelerate launch`, known only here
+        if vllm_hook is not None:
+            vllm_hook.attach(trainer)  # checks processes, sharding, LoRA; makes the engine; TRL's correction on
         tracker.accelerator = trainer.accelerator
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.save_model(str(output_dir))  # every process: ZeRO-3 / FSDP gather the weights here
@@ -401,6 +412,8 @@ def grpo_train(model: str, tokenizer, train_dataset, reward_funcs: Callable | li
         trainer.accelerator.wait_for_everyone()
     finally:
         run.finish()
+        if vllm_hook is not None:
+            vllm_hook.close()  # only an engine it made: the memory goes back before sampling the trained model
     return cost
 
 

@@ -26,7 +26,12 @@ from (vLLM's processed_logprobs). `sharpen.sample` reports log p at temperature 
 that distribution exactly when temperature is 1 and top-k / top-p are off; otherwise the
 hook returns None, which TRL accepts and which is correct since it uses them nowhere else.
 
+`rollouts: vllm` is the same sampler on a float32 vLLM engine that is loaded with the policy's
+weights after every optimizer step, with TRL's importance-sampling correction on its log-probs
+(sharpen.rl.vllm_rollouts; vLLM is optional and imported only there, when such a run starts).
+
     python -m pytest -q tests/test_grpo_rollouts.py
+    .venv-vllm/bin/python -m pytest -q tests/test_vllm_grpo.py    # rollouts: vllm
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ import torch
 from sharpen.errors import UsageError
 from sharpen.sampling import derive_seed, sample
 
-ROLLOUT_KINDS = ("sharpen", "trl")
+ROLLOUT_KINDS = ("sharpen", "trl", "vllm")
 # The faster kind in benchmarks/bench_grpo.py (SmolLM2-135M, LoRA, 16 x 64 tokens on CPU: generation
-# ~1.25x faster, a whole step ~1.05-1.1x); "trl" is TRL's own model.generate.
+# ~1.25x faster, a whole step ~1.05-1.1x); "trl" is TRL's own model.generate. "vllm" (sharpen.rl.vllm_rollouts)
+# needs the optional vLLM, so it cannot be the default.
 DEFAULT_ROLLOUTS = "sharpen"
 
 
@@ -51,10 +57,10 @@ def check_rollouts(rollouts: str, args: dict | None = None, *, fsdp: bool = Fals
     sharded by FSDP, whether through GRPOConfig's `fsdp` or an accelerate config.
 
     >>> check_rollouts("sharpen", {"temperature": 0.7, "top_k": 0, "top_p": 1.0})
-    >>> check_rollouts("vllm")
+    >>> check_rollouts("hf")
     Traceback (most recent call last):
     ...
-    sharpen.errors.UsageError: rollouts must be one of sharpen, trl, got 'vllm'
+    sharpen.errors.UsageError: rollouts must be one of sharpen, trl, vllm, got 'hf'
     >>> check_rollouts("sharpen", fsdp=True)
     Traceback (most recent call last):
     ...
@@ -64,6 +70,11 @@ of steps): use rollouts: trl
     if rollouts not in ROLLOUT_KINDS:
         raise UsageError(f"rollouts must be one of {', '.join(ROLLOUT_KINDS)}, got {rollouts!r}")
     args = args or {}
+    if rollouts == "vllm":
+        from .vllm_rollouts import check_vllm_rollouts  # that module imports this one
+
+        check_vllm_rollouts(args, fsdp=fsdp)
+        return
     if rollouts != "sharpen":
         return
     if fsdp or args.get("fsdp"):
@@ -71,8 +82,21 @@ of steps): use rollouts: trl
         # which FSDP's per-forward all-gathers cannot follow.
         raise UsageError("rollouts: sharpen does not run under FSDP (each process decodes a different number of "
                          "steps): use rollouts: trl")
-    # Other generation backends and generation settings that sample() has no counterpart for.
-    unsupported = [name for name in ("use_vllm", "use_transformers_continuous_batching", "use_transformers_paged")
+    unsupported = [name for name in ("use_vllm",) if args.get(name)] + unsupported_generation(args)
+    if args.get("ds3_gather_for_generation") is False:
+        unsupported.append("ds3_gather_for_generation false")
+    if unsupported:
+        raise UsageError(f"rollouts: sharpen (sampling.sample) does not support {', '.join(unsupported)}: "
+                         f"unset it or use rollouts: trl")
+
+
+def unsupported_generation(args: dict) -> list[str]:
+    """GRPOConfig generation backends and settings that sharpen's sampler (either engine) has no counterpart for.
+
+    >>> unsupported_generation({"min_p": 0.1, "repetition_penalty": 1.0, "generation_kwargs": {}})
+    ['min_p (0.1)']
+    """
+    unsupported = [name for name in ("use_transformers_continuous_batching", "use_transformers_paged")
                    if args.get(name)]
     if args.get("min_p") is not None:
         unsupported.append(f"min_p ({args['min_p']})")
@@ -80,11 +104,7 @@ of steps): use rollouts: trl
         unsupported.append(f"repetition_penalty ({args['repetition_penalty']})")
     if args.get("generation_kwargs"):
         unsupported.append("generation_kwargs")
-    if args.get("ds3_gather_for_generation") is False:
-        unsupported.append("ds3_gather_for_generation false")
-    if unsupported:
-        raise UsageError(f"rollouts: sharpen (sampling.sample) does not support {', '.join(unsupported)}: "
-                         f"unset it or use rollouts: trl")
+    return unsupported
 
 
 def sampling_settings(args) -> dict:

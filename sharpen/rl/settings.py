@@ -33,6 +33,7 @@ from sharpen.tasks import parse_task_args
 from .grpo import default_grpo_args, output_dir_of, trl_defaults
 from .rollouts import DEFAULT_ROLLOUTS, check_rollouts
 from .self_reward import REWARDS, SELF_GRPO_SETTINGS, SELF_REWARD, check_self_settings, kl_coefficient
+from .vllm_rollouts import check_vllm_launch
 
 # GrpoRunArgs fields a study's grpo section may set; the study sets the others (and output_dir, run_name).
 STUDY_KEYS = ("num_train_problems", "accelerate_config", "keep_checkpoints", "lora", "rollouts", "reward", "alpha")
@@ -55,7 +56,9 @@ class GrpoRunArgs:
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft): the same as --use_peft."})
     rollouts: str = field(default=DEFAULT_ROLLOUTS, metadata={
         "help": "Who samples GRPO's completions: sharpen (sharpen.sample through TRL's rollout_func: finished rows "
-                "leave the batch, one seed per completion) or trl (TRL's own model.generate)."})
+                "leave the batch, one seed per completion), trl (TRL's own model.generate) or vllm (the same sampler "
+                "on a float32 vLLM engine loaded with the policy after each step, TRL's importance-sampling "
+                "correction on its log-probs; one process, needs .venv-vllm)."})
     reward: str = field(default="correct", metadata={
         "help": "correct: the task's grader (GRPO with a verifier); self_likelihood: no verifier, the frozen base "
                 "model's log-likelihood with the KL to it folded in, whose optimum is p^alpha (grpo_self, "
@@ -82,6 +85,8 @@ class GrpoRunArgs:
             raise UsageError("give --model and --task (or --from-checkpoint to record an existing RL model)")
         parse_task_args(self.task_args)
         check_rollouts(self.rollouts)
+        if self.rollouts == "vllm" and self.accelerate_config:
+            check_vllm_launch(self.accelerate_config)  # one process only: refused before any relaunch
         if self.reward not in REWARDS:
             raise UsageError(f"unknown --reward '{self.reward}': valid rewards are {', '.join(REWARDS)}")
         if self.reward == SELF_REWARD:

@@ -68,6 +68,26 @@ ENGINES = ("hf", "vllm")  # transformers (the default), vLLM
 INSTALL_HINT = ("run `make install-vllm` (a separate venv, .venv-vllm, with vLLM's CPU build) and use "
                 ".venv-vllm/bin/sharpen")
 BLOCK_SIZE = 32  # prefix-cache block (tokens); the CPU attention backend takes multiples of 32
+# The engine's share of device memory (vLLM's gpu_memory_utilization): weights + KV cache. On CPU it sizes the KV
+# cache from RAM, where 0.12 of this machine's 24 GiB serves SmolLM2 beside the rest of a study; on a GPU the
+# weights count too (a 7B model in float32 is 28 GiB) and a study's transformers scorer needs room beside the
+# engine, so half the GPU. SHARPEN_VLLM_MEMORY_FRACTION (0 < f <= 1) overrides either.
+MEMORY_FRACTION = {"cpu": 0.12, "cuda": 0.5}
+MEMORY_ENV = "SHARPEN_VLLM_MEMORY_FRACTION"
+
+
+def default_memory_fraction() -> float:
+    """The engine's memory share: $SHARPEN_VLLM_MEMORY_FRACTION, else MEMORY_FRACTION for this machine's device."""
+    given = os.environ.get(MEMORY_ENV)
+    if given is None:
+        return MEMORY_FRACTION["cuda" if torch.cuda.is_available() else "cpu"]
+    try:
+        value = float(given)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise ValueError(f"{MEMORY_ENV}={given!r} is not a fraction in (0, 1]: the share of device memory vLLM may use")
+    return value
 
 
 def vllm_installed() -> bool:
@@ -165,7 +185,8 @@ class VllmModel:
     tokens a request may ask for (`generate(top_logprobs=...)`).
     """
 
-    def __init__(self, path: str, *, max_model_len: int | None = None, memory_fraction: float = 0.12, seed: int = 0):
+    def __init__(self, path: str, *, max_model_len: int | None = None, memory_fraction: float | None = None,
+                 seed: int = 0):
         # The engine core in this process (module docstring), whatever the environment says: power_is reads
         # the normaliser processor's records here.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -179,7 +200,8 @@ class VllmModel:
         set_num_threads = torch.set_num_threads
         self.llm = LLM(model=path, dtype="float32", skip_tokenizer_init=True, enforce_eager=True,
                        enable_prefix_caching=True, block_size=BLOCK_SIZE, generation_config="vllm",
-                       gpu_memory_utilization=memory_fraction, max_model_len=max_model_len, seed=seed,
+                       gpu_memory_utilization=memory_fraction or default_memory_fraction(),
+                       max_model_len=max_model_len, seed=seed,
                        logits_processors=[normaliser_processor()])
         # vLLM's CPU worker (here: this process) turns torch.set_num_threads into a no-op; the hf engine needs it
         torch.set_num_threads = set_num_threads

@@ -21,7 +21,11 @@ is analysis.AnalysisConfig, `wandb:` is sharpen.runs.tracking.WandbConfig, and `
 grpo --config` mapping (GRPOConfig, trl.ModelConfig LoRA and run fields) plus the study's `train`,
 `checkpoint`, `task` / `task_args` (train on another task's train split, e.g. `math` for a MATH500
 study), `chat`, and `config` (a `sharpen grpo --config` file such as grpo_gpu, under the section's
-own keys).
+own keys). `grpo_self:` is the same for GRPO without a verifier (its reward, self_likelihood, and its
+alpha, the study's, are set here), `power_distill:` is sharpen.rl.distill.DistillSettings (the teacher
+instance and the fine-tuning); each is read only when an instance samples the model it trains.
+`seeds: [0, 1, 2]` (or `seeds=0,1,2`) runs the whole study once per replicate seed in RUN_DIR/seed_<n>/
+on the same problems (StudyConfig.replicate; sharpen.analysis.seeds pools them).
 
 `profile: reference` reproduces the reference implementation's choices, each of which moves the
 numbers: top-k 50 on every method whose settings have `top_k` (transformers 4.47's generate
