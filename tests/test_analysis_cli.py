@@ -597,6 +597,7 @@ def test_analysis_config_validates_in_one_line():
 # ----------------------------------------------------------------------------------- data parallel
 
 
+@pytest.mark.slow  # 13 s under accelerate; reading part files is tested in-process (torn lines, parts: above)
 def test_two_processes_share_the_scoring_through_part_files(sampled_run, analysed_run, tmp_path):
     """`accelerate launch` with 2 CPU processes: each scores every other record into its part file,
     the main process merges them, and the scores equal a one-process analysis's."""

@@ -20,6 +20,7 @@ from benchmarks import gpu_check
 from benchmarks.gpu_check import SECTIONS, main
 
 
+@pytest.mark.slow  # 30 s: the GPU check's whole script on CPU; its sections are unit-tested below
 def test_dry_run_writes_every_section(testbed_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the dry run is the no-CUDA path")
