@@ -134,6 +134,7 @@ def test_lora_trains_only_the_adapter_and_loads(tmp_path, tiny_checkpoint, digit
     assert tokenizer.padding_side == "left"
 
 
+@pytest.mark.slow  # 16 s: two GRPO processes; test_plugins runs sampling under accelerate launch in the default suite
 def test_two_processes_under_accelerate_launch(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     """`sharpen grpo --accelerate-config cpu_2proc.yaml` runs `accelerate launch` with two gloo CPU workers."""
     from sharpen.cli import main

@@ -96,7 +96,7 @@ SQUARE = ["num_problems=6", "num_samples=2",
           "methods=[base, {name: power_mh, method: power_mh}, grpo, grpo_self, power_distill]",
           "power_mh.mcmc_steps=2", "grpo.max_steps=2", "grpo_self.max_steps=2", "power_distill.teacher=power_mh",
           "power_distill.num_train_problems=6", "power_distill.num_samples=2", "power_distill.num_train_epochs=1",
-          "analysis.bootstrap=200"]
+          "analysis.bootstrap=200", "wandb.mode=off"]
 
 
 def test_a_study_runs_and_resumes_every_corner(testbed_dir, tmp_path, monkeypatch):

@@ -233,7 +233,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow  # 12 s under accelerate; tests/test_grpo.py and test_plugins.py keep a multi-process run in the default suite
+@pytest.mark.slow  # 12 s under accelerate; test_plugins.py keeps a run under accelerate launch in the default suite
 def test_two_processes_shard_sampling_without_loss_or_duplicates(tiny_checkpoint, tmp_path):
     """`accelerate launch` with 2 CPU processes: the merged records equal a one-process run's."""
     args = ["sample", "--model", str(tiny_checkpoint), "--task", "basic_arithmetic", "--num-problems", "6",
