@@ -73,7 +73,8 @@ def _width(count: int, base: float = 6.0) -> float:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    if len(fig.axes) > 1:  # spacing between panels; one panel's margins are bbox_inches="tight"'s (and cheaper)
+        fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps a legend placed beside the axes
     plt.close(fig)
     return path
