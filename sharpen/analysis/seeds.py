@@ -37,8 +37,8 @@ import numpy as np
 
 from sharpen.runs.files import write_text_atomic
 from sharpen.runs.tracking import WandbConfig, start_run
-from sharpen.sampling.methods import MODELS, find_method
-
+from .pipeline import training_stage
+from .report import _ci, _p
 from .stats import holm, pass_at_k_matrix
 
 SIGNIFICANCE = 0.05
@@ -92,11 +92,6 @@ def _matrix(counts: dict, seeds: list[int], name: str, pids: list[str], k: int) 
     return np.array(rows, dtype=float)
 
 
-def trained(kind: str) -> bool | None:
-    method = find_method(kind)
-    return None if method is None else MODELS[method.model].stage is not None
-
-
 def analyze_seeds(run_dir, seeds: list[int], config=None, *, wandb: WandbConfig | None = None,
                   wandb_name: str | None = None) -> dict:
     """Pool the replicates of RUN_DIR/seed_<n> (each already analysed): write metrics.json, report.md and
@@ -122,12 +117,13 @@ def analyze_seeds(run_dir, seeds: list[int], config=None, *, wandb: WandbConfig 
             for key in ("value", "low", "high"):
                 curve[key].append(entry[key])
         methods[name] = {
-            "kind": kinds[name], "trained": trained(kinds[name]), "problems": len(pids), "samples_per_problem": n_min,
+            "kind": kinds[name], "trained": training_stage(kinds[name]) is not None, "problems": len(pids), "samples_per_problem": n_min,
             "accuracy": _entry(rates, confidence, n_resamples, boot_seed), "per_seed": per_seed,
             "seed_sd": float(np.std(list(per_seed.values()), ddof=1)) if len(seeds) > 1 else None,
             "pass_at_k": curve,
             "pass_at_k_per_seed": {str(s): float(per_k[ks[-1]][i].mean()) for i, s in enumerate(seeds)},
-            "variance_covered": ("problems, seeds (training run and sampling) and samples" if trained(kinds[name])
+            "variance_covered": ("problems, seeds (training run and sampling) and samples"
+                                 if training_stage(kinds[name]) is not None
                                  else "problems, seeds (sampling) and samples"),
         }
     paired = []
@@ -184,14 +180,6 @@ def plot_seeds(metrics: dict, path: Path) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"accuracy per replicate seed ({len(metrics['seeds'])} seeds) and pooled", fontsize=10)
     return _save(fig, path)
-
-
-def _ci(e: dict) -> str:
-    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-
-def _p(p: float) -> str:
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def render_seeds_report(metrics: dict, plot: Path) -> str:
