@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from sharpen.analysis.seeds import two_level_bootstrap
+from sharpen.analysis.seeds import analyze_seeds, two_level_bootstrap
 from sharpen.analysis.stats import bootstrap_means
 from sharpen.analysis.wandb_log import method_config
 from sharpen.cli import main
@@ -58,6 +58,30 @@ def test_two_level_intervals_cover_the_true_mean_where_a_problem_bootstrap_does_
         covered_flat += flat[0] <= 0.5 <= flat[1]
     # 5 resampled seeds understate the seed spread a little (the bootstrap's n/(n-1)); still well above the broken one
     assert covered / studies > 0.8 and covered_flat / studies < 0.65, (covered, covered_flat)
+
+
+def test_each_seeds_reach_and_mixing_verdicts_are_listed_not_pooled(tmp_path):
+    """analyze_seeds reads every seed's own `target` rows and mixing verdicts and lists them side by side."""
+    verdicts = {0: ("reached", -0.01, 0.02), 1: ("missed", 0.08, 0.20)}
+    for seed, (verdict, low, high) in verdicts.items():
+        pids = {f"p{i}": [4, (i + seed) % 5] for i in range(6)}
+        metrics = {"per_problem": {"power_mh": pids, "power_is": pids},
+                   "methods": {"power_mh": {"kind": "power_mh", "accuracy": {"value": 0.4},
+                                            "mixing": {"verdict": f"verdict {seed}"}},
+                               "power_is": {"kind": "power_is", "weighted": True, "accuracy": {"value": 0.5}}},
+                   "target": [{"estimate": "power_is", "method": "power_mh", "role": "sampler", "verdict": verdict,
+                               "difference": {"value": (low + high) / 2, "low": low, "high": high}}]}
+        (tmp_path / f"seed_{seed}").mkdir()
+        (tmp_path / f"seed_{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    metrics = analyze_seeds(tmp_path, [0, 1])
+    (row,) = metrics["target"]
+    assert {s: c["verdict"] for s, c in row["per_seed"].items()} == {"0": "reached", "1": "missed"}
+    assert metrics["mixing"] == {"power_mh": {"0": "verdict 0", "1": "verdict 1"}}
+    assert set(metrics["methods"]) == {"power_mh"} and metrics["weighted"]["power_is"]["mean"] == 0.5
+    report = (tmp_path / "report.md").read_text()
+    assert "| power_mh | power_is | reached: +0.005 [-0.010, +0.020] | missed: +0.140 [+0.080, +0.200] | " \
+           "1 of 2 seeds |" in report
+    assert "power_mh mixing, per seed: seed 0 verdict 0; seed 1 verdict 1." in report
 
 
 TINY = ["num_problems=4", "num_samples=2", "methods=[base, grpo]", "grpo.max_steps=1", "analysis.bootstrap=100",

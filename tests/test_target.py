@@ -182,6 +182,20 @@ def test_cannot_tell_when_the_ess_is_low_or_the_interval_wide():
     assert row["verdict"] == "reached"  # the same interval, within a (silly) tolerance of 0.9
 
 
+def test_a_resolved_difference_inside_the_tolerance_is_neither_reached_nor_missed():
+    """+0.01 on every problem: an interval that excludes 0 but lies within +-0.05 is 'within tolerance' (the rule
+    before called it missed, beside -0.3); beyond a tolerance of 0.005 it is missed."""
+    pids = [f"p{i}" for i in range(20)]
+    draws = [(True, math.log(3))] * 2 + [(False, 0.0)] * 6  # estimate 0.5, ESS 6
+    run = make_run({"low_temp": ("low_temp", plain("low_temp", {p: (100, 51) for p in pids})),
+                    W: (W, weighted({p: draws for p in pids}))}, {"low_temp": {"alpha": 4.0}, W: {"alpha": 4.0}})
+    (row,) = compute_metrics(run, n_resamples=300)["target"]
+    assert row["difference"]["low"] > 0 and row["difference"]["value"] == pytest.approx(0.01)
+    assert row["verdict"] == "within tolerance"
+    (row,) = compute_metrics(run, n_resamples=300, target_tolerance=0.005)["target"]
+    assert row["verdict"] == "missed"
+
+
 # --------------------------------------------------------------------- what is and is not reported
 
 

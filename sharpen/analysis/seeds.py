@@ -21,7 +21,9 @@ problems both methods have in every seed and resample it the same way; their p-v
 bootstrap p (twice the share of resampled means on the other side of 0; the share is at least one
 resample in n_resamples + 1), Holm-adjusted over the pairs. Per-seed values and their standard deviation
 (between-seed spread, ddof 1) are reported beside the pooled ones, as Agarwal et al. 2021 ("Deep RL at the
-edge of the statistical precipice") ask of any RL result.
+edge of the statistical precipice") ask of any RL result. Whether a sampler reached p^alpha is not pooled:
+each seed's verdict (sharpen.analysis.target, against that run's own importance-sampling estimate) and
+mixing diagnostic are listed side by side, and the sampler reached p^alpha on the seeds whose verdict says so.
 
     python -m pytest -q tests/test_seeds.py
 """
@@ -48,13 +50,16 @@ def seed_dir(run_dir, seed: int) -> Path:
     return Path(run_dir) / f"seed_{seed}"
 
 
+def _seed_metrics(run_dir, seed: int) -> dict:
+    return json.loads((seed_dir(run_dir, seed) / "metrics.json").read_text())
+
+
 def _per_problem(run_dir, seeds: list[int]) -> tuple[dict, dict, dict]:
     """({seed: {method: {pid: (n, c)}}}, {method: kind}, {weighted method: {seed: its estimate}}) from every
     seed's metrics.json."""
     counts, kinds, estimates = {}, {}, {}
     for seed in seeds:
-        path = seed_dir(run_dir, seed) / "metrics.json"
-        metrics = json.loads(path.read_text())
+        metrics = _seed_metrics(run_dir, seed)
         counts[seed] = {name: {pid: tuple(nc) for pid, nc in problems.items()}
                         for name, problems in metrics["per_problem"].items()}
         for name, block in metrics["methods"].items():
@@ -63,6 +68,26 @@ def _per_problem(run_dir, seeds: list[int]) -> tuple[dict, dict, dict]:
                 counts[seed].pop(name, None)
                 estimates.setdefault(name, {})[str(seed)] = (block.get("accuracy") or {}).get("value")
     return counts, kinds, estimates
+
+
+def _reach_by_seed(run_dir, seeds: list[int]) -> tuple[list[dict], dict]:
+    """Each seed's own verdicts on whether a sampler reached p^alpha (sharpen.analysis.target) and on whether
+    it mixed (sharpen.analysis.mixing), side by side: ([{method, estimate, role, per_seed: {seed: {difference,
+    verdict}}}], {method: {seed: mixing verdict}}). They are not pooled: each verdict tests one run against
+    that run's own estimate of p^alpha, and a sampler reaches p^alpha on the runs where its diagnostic says so."""
+    target, mixing = {}, {}
+    for seed in seeds:
+        metrics = _seed_metrics(run_dir, seed)
+        for row in metrics.get("target") or []:
+            key = (row["method"], row["estimate"])
+            entry = target.setdefault(key, {"method": row["method"], "estimate": row["estimate"],
+                                            "role": row.get("role"), "per_seed": {}})
+            entry["per_seed"][str(seed)] = ({"skipped": row["skipped"]} if row.get("skipped") else
+                                            {"difference": row["difference"], "verdict": row["verdict"]})
+        for name, block in metrics["methods"].items():
+            if block.get("mixing"):
+                mixing.setdefault(name, {})[str(seed)] = block["mixing"].get("verdict")
+    return list(target.values()), mixing
 
 
 def two_level_bootstrap(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
@@ -148,8 +173,9 @@ def analyze_seeds(run_dir, seeds: list[int], config=None, *, wandb: WandbConfig 
                        "seed_sd": float(np.std([v for v in per_seed.values() if v is not None], ddof=1))
                        if sum(v is not None for v in per_seed.values()) > 1 else None}
                 for name, per_seed in estimates.items()}
+    target, mixing = _reach_by_seed(run_dir, seeds)
     metrics = {"seeds": seeds, "confidence": confidence, "n_resamples": n_resamples, "methods": methods,
-               "weighted": weighted, "paired": paired, "seed_reports": {str(s): str(seed_dir(run_dir, s) / "report.md") for s in seeds}}
+               "weighted": weighted, "target": target, "mixing": mixing, "paired": paired, "seed_reports": {str(s): str(seed_dir(run_dir, s) / "report.md") for s in seeds}}
     run_dir = Path(run_dir)
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     plot = plot_seeds(metrics, run_dir / "plots" / "seeds_accuracy.png")
@@ -209,6 +235,7 @@ def render_seeds_report(metrics: dict, plot: Path) -> str:
         sd = "—" if w["seed_sd"] is None else f"{w['seed_sd']:.3f}"
         out += [f"{name} (weighted: an estimate of p^alpha's accuracy per seed, from its self-normalised weights; "
                 f"no per-problem rates, so no pooled interval): per seed {per_seed}, mean {mean}, seed sd {sd}.", ""]
+    out += _reach_section(metrics)
     if len(ks) > 1:
         out += [f"pass@k is at each method's own samples per problem ({', '.join(map(str, sorted(ks)))}).", ""]
     out += [f"![accuracy per seed]({plot})", "", "## Paired comparisons over seeds and problems", "",
@@ -228,6 +255,39 @@ def render_seeds_report(metrics: dict, plot: Path) -> str:
         out.append("Pairs whose sign changes between seeds: "
                    + "; ".join(f"{e['b']} − {e['a']}" for e in flips) + ".")
     return "\n".join(out) + "\n"
+
+
+def _reach_section(metrics: dict) -> list[str]:
+    """Each seed's verdicts on reaching p^alpha and on mixing, beside each other (see _reach_by_seed)."""
+    target, mixing = metrics.get("target") or [], metrics.get("mixing") or {}
+    if not target and not mixing:
+        return []
+    seeds = [str(s) for s in metrics["seeds"]]
+    out = ["## Did the samplers reach p^alpha, seed by seed?", "",
+           "Each seed's own verdict (its report's *Did the samplers reach p^alpha?* and *Mixing diagnostics*): "
+           "accuracy − the weighted estimate of p^alpha on that seed's run, with its interval over problems. "
+           "They are not pooled: a sampler reached p^alpha on the runs whose verdict says so.", ""]
+    if target:
+        out += ["| method | against | " + " | ".join(f"seed {s}" for s in seeds) + " | reached in |",
+                "|---|---|" + "---|" * len(seeds) + "---|"]
+        for row in target:
+            cells, reached, judged = [], 0, 0
+            for s in seeds:
+                cell = row["per_seed"].get(s)
+                if cell is None or "skipped" in cell:
+                    cells.append("—")
+                    continue
+                d = cell["difference"]
+                cells.append(f"{cell['verdict']}: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+                judged += 1
+                reached += cell["verdict"] == "reached"
+            name = row["method"] + (" (reference, p)" if row.get("role") == "reference" else "")
+            out.append(f"| {name} | {row['estimate']} | " + " | ".join(cells) + f" | {reached} of {judged} seeds |")
+        out.append("")
+    for name, per_seed in mixing.items():
+        out += [f"{name} mixing, per seed: " + "; ".join(f"seed {s} {per_seed.get(s) or '—'}" for s in seeds) + ".",
+                ""]
+    return out
 
 
 def format_seeds_summary(metrics: dict) -> str:
