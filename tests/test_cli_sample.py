@@ -181,11 +181,12 @@ def test_engine_errors_are_one_line_exit_2_before_any_work(tiny_checkpoint, tmp_
 
 
 @pytest.mark.skipif(vllm_engine.vllm_installed(), reason="vLLM is installed here (.venv-vllm)")
-def test_the_sharpen_command_without_vllm_says_how_to_install_it(tiny_checkpoint, tmp_path):
+def test_the_sharpen_command_without_vllm_says_how_to_install_it(tiny_checkpoint, tmp_path, capsys):
     argv = [*map(str, base_args(tiny_checkpoint, tmp_path / "o")), "--engine", "vllm"]
-    out = subprocess.run([sys.executable, "-m", "sharpen", "sample", *argv], capture_output=True, text=True)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "make install-vllm" in out.stderr and not (tmp_path / "o").exists()
+    assert main(["sample", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "make install-vllm" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_torn_last_line_is_cut_on_resume(tmp_path):

@@ -120,10 +120,14 @@ def watching(marker: str):
 
 # ---- task-level behaviour -------------------------------------------------------------------------
 
-def test_humaneval_canonical_solutions_pass(humaneval, problems):
+def test_humaneval_canonical_solutions_pass(humaneval, problems, request):
     assert len(problems) == 164
+    # All 164 under bwrap, the sandbox grading uses; the unsandboxed runner (the same grader, launched without
+    # it) on every 4th problem, which keeps 6 of its 8 seconds out of the default suite.
+    unsandboxed = request.node.callspec.params["humaneval"] == "unsandboxed"
+    chosen = dict(list(problems.items())[::4]) if unsandboxed else problems
     with ThreadPoolExecutor(2) as pool:
-        scores = dict(zip(problems, pool.map(lambda p: humaneval.grade(p, p["answer"]), problems.values())))
+        scores = dict(zip(chosen, pool.map(lambda p: humaneval.grade(p, p["answer"]), chosen.values())))
     assert [pid for pid, score in scores.items() if score != 1.0] == []
 
 

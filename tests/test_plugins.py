@@ -212,8 +212,12 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("case, command", [("import fails", "sample"), ("not a Method", "study"),
-                                           ("task not callable", "sample"), ("same name twice", "sample"),
+SLOW = pytest.mark.slow  # each case is a CLI subprocess (5 s): two stay in the default suite, one per command
+
+
+@pytest.mark.parametrize("case, command", [("import fails", "sample"), pytest.param("not a Method", "study", marks=SLOW),
+                                           pytest.param("task not callable", "sample", marks=SLOW),
+                                           pytest.param("same name twice", "sample", marks=SLOW),
                                            ("a built-in's name", "study")])
 def test_a_bad_plugin_is_one_line_and_exit_status_2(case, command, plugin_site, testbed_dir, tmp_path):
     dist, version, entry_points, code = BROKEN[case]

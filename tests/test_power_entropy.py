@@ -476,6 +476,7 @@ def tokens_per_proposal(monkeypatch, model_, prompts, cfg) -> float:
     return statistics.mean(sizes)
 
 
+@pytest.mark.slow  # 6 s: a cost figure for the README, not a law; the exactness tests above stay in the default suite
 def test_entropy_rule_costs_no_more_tokens_per_step(model, monkeypatch):
     """Tokens per MH proposal, uniform vs entropy, on the same chains' settings (printed; README figures).
 

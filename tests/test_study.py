@@ -72,7 +72,7 @@ def test_tiny_study_end_to_end(testbed_dir, tmp_path, capsys):
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished} == before
 
 
-@pytest.mark.parametrize("stage", ["grpo", "sampling", "analysis"])
+@pytest.mark.parametrize("stage", ["grpo", "sampling", pytest.param("analysis", marks=pytest.mark.slow)])  # 5 s each
 def test_a_study_cut_short_at_any_stage_finishes_with_every_record_once(testbed_dir, tmp_path, monkeypatch, stage):
     from sharpen.study import sample as sample_stage
 
