@@ -156,3 +156,5 @@ def test_the_seeds_presets_load(preset):
     replicate = config.replicate(2)
     assert config.seeds == [0, 1, 2] and replicate.grpo.settings["seed"] == 2 and replicate.seed == config.seed
     assert replicate.output_dir.endswith("seed_2") and replicate.identity()["replicate"] == 2
+    # power_distill's fine-tuning takes the replicate's seed too (GRPO's arrives in its settings, above)
+    assert replicate.training_seed == 2 and config.training_seed == config.seed == config.replicate(0).training_seed

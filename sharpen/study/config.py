@@ -279,6 +279,12 @@ class StudyConfig:
         return any(MODELS[get_method(inst.method).model].stage == stage for inst in self.instances)
 
     @property
+    def training_seed(self) -> int:
+        """The seed of a training stage that takes no seed of its own (power_distill's fine-tuning): the
+        replicate's in a study over seeds, else the study's `seed` (so the replicate equal to it is the study)."""
+        return self.seed if self.replicate_seed is None else self.replicate_seed
+
+    @property
     def trained_stages(self) -> list[str]:
         """The training stages the study runs, in MODELS order (grpo, grpo_self, power_distill)."""
         return [m.stage for m in MODELS.values() if m.stage is not None and self.needs_stage(m.stage)]

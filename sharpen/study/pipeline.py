@@ -240,7 +240,7 @@ def distill_stage(config: StudyConfig, base_spec: str, run_dir: Path, shard, bas
             train_distill(settings, model=base_spec, examples=distill_examples(records, tokenizer),
                           output_dir=out, teacher=teacher_cost(records, sessions),
                           wandb=replace(config.wandb, group=config.wandb_group),
-                          run_name=f"{config.name}-power_distill-training", seed=config.seed)
+                          run_name=f"{config.name}-power_distill-training", seed=config.training_seed)
         shard.wait()
     return str(distill_model_dir(out))
 
