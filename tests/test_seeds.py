@@ -92,7 +92,7 @@ def study(out, *extra) -> int:
     return main(["study", "--config", "testbed", "--output-dir", str(out), *TINY, *extra])
 
 
-def test_a_study_over_seeds_samples_the_same_problems_anew_and_extends(testbed_dir, tmp_path):
+def test_a_study_over_seeds_samples_the_same_problems_anew_and_extends(testbed_dir, tmp_path, capsys):
     out = tmp_path / "seeds"
     assert study(out, "seeds=0,1") == 0
     runs = {s: {n: read_records(out / f"seed_{s}" / "samples" / f"{n}.jsonl") for n in ("base", "grpo")}
@@ -128,6 +128,13 @@ def test_a_study_over_seeds_samples_the_same_problems_anew_and_extends(testbed_d
     # Fewer (or other) seeds than the directory holds: refused before any work.
     assert study(out, "seeds=0,1") == 2
     assert study(out) == 2  # the same study without seeds is another study
+    # A replicate's directory that is a file: one line, before the replicates that could run are run.
+    (out / "seed_3").write_text("")
+    report = (out / "report.md").read_bytes()
+    assert study(out, "seeds=0,1,2,3") == 2
+    assert "seed_3' is a file: give a directory" in capsys.readouterr().err
+    assert (out / "report.md").read_bytes() == report and json.loads((out / "study.json").read_text())[
+        "identity"]["seeds"] == [0, 1, 2]
 
     config = json.loads((out / "seed_1" / "samples" / "base.config.json").read_text())
     wandb_config = method_config("base", type("R", (), {"config": config, "kind": "base", "model": None})(),

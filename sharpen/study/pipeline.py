@@ -160,20 +160,30 @@ def identity_changes(saved: dict, mine: dict) -> list[str]:
     return changed
 
 
+def check_same_study(config: StudyConfig, overwrite: bool) -> None:
+    """Refuse (UsageError) a directory that is a file, or holds finished work of a study with other settings."""
+    run_dir = check_output_dir(config.output_dir)
+    saved_path = run_dir / STUDY_FILE
+    if not overwrite and saved_path.exists():
+        saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
+        diff = identity_changes(saved, config.identity())
+        if diff and _has_finished_work(run_dir):
+            raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
+                             f"use another output_dir, or --overwrite to delete it")
+
+
 def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     """Refuse a directory holding another study (unless overwrite); record this study's config.
 
     Called with the directory's lock held. A study.json whose study finished nothing (a first try
     that failed before any record or checkpoint) binds nothing: the corrected study replaces it.
     """
-    run_dir = Path(config.output_dir)
+    run_dir = check_output_dir(config.output_dir)
     saved_path = run_dir / STUDY_FILE
     if saved_path.exists():
         saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
         diff = identity_changes(saved, config.identity())
-        if diff and _has_finished_work(run_dir) and not overwrite:
-            raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
-                             f"use another output_dir, or --overwrite to delete it")
+        check_same_study(config, overwrite)
         if diff and overwrite:
             clear_run_dir(run_dir)
     elif not holds_only_lock(run_dir):
@@ -270,6 +280,8 @@ def _run_replicates(config: StudyConfig, shard, overwrite: bool, progress: bool)
     """Every replicate seed's study in RUN_DIR/seed_<n>/ (each resumable, and readable alone by `sharpen
     analyze`), then the analysis over seeds (sharpen.analysis.seeds) -> RUN_DIR/metrics.json, report.md."""
     if shard.is_main:
+        for seed in config.seeds:  # every replicate's directory, before anything is written
+            check_same_study(config.replicate(seed), overwrite=False)
         claim_output_dir(config, overwrite)
     shard.wait()
     for seed in config.seeds:
