@@ -50,16 +50,11 @@ def seed_dir(run_dir, seed: int) -> Path:
     return Path(run_dir) / f"seed_{seed}"
 
 
-def _seed_metrics(run_dir, seed: int) -> dict:
-    return json.loads((seed_dir(run_dir, seed) / "metrics.json").read_text())
-
-
-def _per_problem(run_dir, seeds: list[int]) -> tuple[dict, dict, dict]:
+def _per_problem(seed_metrics: dict[int, dict]) -> tuple[dict, dict, dict]:
     """({seed: {method: {pid: (n, c)}}}, {method: kind}, {weighted method: {seed: its estimate}}) from every
-    seed's metrics.json."""
+    seed's metrics.json ({seed: its metrics})."""
     counts, kinds, estimates = {}, {}, {}
-    for seed in seeds:
-        metrics = _seed_metrics(run_dir, seed)
+    for seed, metrics in seed_metrics.items():
         counts[seed] = {name: {pid: tuple(nc) for pid, nc in problems.items()}
                         for name, problems in metrics["per_problem"].items()}
         for name, block in metrics["methods"].items():
@@ -70,14 +65,13 @@ def _per_problem(run_dir, seeds: list[int]) -> tuple[dict, dict, dict]:
     return counts, kinds, estimates
 
 
-def _reach_by_seed(run_dir, seeds: list[int]) -> tuple[list[dict], dict]:
+def _reach_by_seed(seed_metrics: dict[int, dict]) -> tuple[list[dict], dict]:
     """Each seed's own verdicts on whether a sampler reached p^alpha (sharpen.analysis.target) and on whether
     it mixed (sharpen.analysis.mixing), side by side: ([{method, estimate, role, per_seed: {seed: {difference,
     verdict}}}], {method: {seed: mixing verdict}}). They are not pooled: each verdict tests one run against
     that run's own estimate of p^alpha, and a sampler reaches p^alpha on the runs where its diagnostic says so."""
     target, mixing = {}, {}
-    for seed in seeds:
-        metrics = _seed_metrics(run_dir, seed)
+    for seed, metrics in seed_metrics.items():
         for row in metrics.get("target") or []:
             key = (row["method"], row["estimate"])
             entry = target.setdefault(key, {"method": row["method"], "estimate": row["estimate"],
@@ -125,7 +119,8 @@ def analyze_seeds(run_dir, seeds: list[int], config=None, *, wandb: WandbConfig 
     n_resamples = getattr(config, "bootstrap", 2000)
     boot_seed = getattr(config, "seed", 0)
     seeds = list(seeds)
-    counts, kinds, estimates = _per_problem(run_dir, seeds)
+    seed_metrics = {s: json.loads((seed_dir(run_dir, s) / "metrics.json").read_text()) for s in seeds}
+    counts, kinds, estimates = _per_problem(seed_metrics)
     names = [n for n in kinds if all(n in counts[s] for s in seeds)]
     methods, shared_pids = {}, {}
     for name in names:
@@ -173,7 +168,7 @@ def analyze_seeds(run_dir, seeds: list[int], config=None, *, wandb: WandbConfig 
                        "seed_sd": float(np.std([v for v in per_seed.values() if v is not None], ddof=1))
                        if sum(v is not None for v in per_seed.values()) > 1 else None}
                 for name, per_seed in estimates.items()}
-    target, mixing = _reach_by_seed(run_dir, seeds)
+    target, mixing = _reach_by_seed(seed_metrics)
     metrics = {"seeds": seeds, "confidence": confidence, "n_resamples": n_resamples, "methods": methods,
                "weighted": weighted, "target": target, "mixing": mixing, "paired": paired, "seed_reports": {str(s): str(seed_dir(run_dir, s) / "report.md") for s in seeds}}
     run_dir = Path(run_dir)

@@ -160,16 +160,20 @@ def identity_changes(saved: dict, mine: dict) -> list[str]:
     return changed
 
 
-def check_same_study(config: StudyConfig, overwrite: bool) -> None:
-    """Refuse (UsageError) a directory that is a file, or holds finished work of a study with other settings."""
+def check_same_study(config: StudyConfig, overwrite: bool) -> tuple[Path, list[str] | None]:
+    """Refuse (UsageError) a directory that is a file, or holds finished work of a study with other settings
+    (unless overwrite); else (the directory, how its study.json's identity differs from this study's, None
+    without a study.json)."""
     run_dir = check_output_dir(config.output_dir)
     saved_path = run_dir / STUDY_FILE
-    if not overwrite and saved_path.exists():
-        saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
-        diff = identity_changes(saved, config.identity())
-        if diff and _has_finished_work(run_dir):
-            raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
-                             f"use another output_dir, or --overwrite to delete it")
+    if not saved_path.exists():
+        return run_dir, None
+    saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
+    diff = identity_changes(saved, config.identity())
+    if diff and not overwrite and _has_finished_work(run_dir):
+        raise UsageError(f"{run_dir} holds a study with other settings ({', '.join(diff)}): "
+                         f"use another output_dir, or --overwrite to delete it")
+    return run_dir, diff
 
 
 def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
@@ -178,12 +182,9 @@ def claim_output_dir(config: StudyConfig, overwrite: bool) -> Path:
     Called with the directory's lock held. A study.json whose study finished nothing (a first try
     that failed before any record or checkpoint) binds nothing: the corrected study replaces it.
     """
-    run_dir = check_output_dir(config.output_dir)
+    run_dir, diff = check_same_study(config, overwrite)
     saved_path = run_dir / STUDY_FILE
-    if saved_path.exists():
-        saved = _with_method_defaults(json.loads(saved_path.read_text()).get("identity", {}))
-        diff = identity_changes(saved, config.identity())
-        check_same_study(config, overwrite)
+    if diff is not None:
         if diff and overwrite:
             clear_run_dir(run_dir)
     elif not holds_only_lock(run_dir):
